@@ -101,4 +101,3 @@ def cron_dsn() -> str:
 def cron_empty_dsn(cron_dsn: str) -> Iterator[str]:
     """A fresh, empty database on the PostgreSQL 15 cluster."""
     yield from _new_database(cron_dsn, "template0")
-

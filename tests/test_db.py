@@ -16,10 +16,12 @@ from .helpers import run_sql
 
 async def _wait_until_no_active(db_dsn: str, pattern: str) -> None:
     async with open_database(db_dsn, max_size=1) as admin:
-        while await admin.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE $1 AND state = 'active' AND pid <> pg_backend_pid()",
-            pattern,
-        ):
+        query = (
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE $1 AND state = 'active' AND pid <> pg_backend_pid()"
+        )
+        while True:  # polls the server's view; there is no event to wait on
+            if not await admin.fetchval(query, pattern):
+                return
             await trio.sleep(0.05)
 
 

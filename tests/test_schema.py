@@ -88,7 +88,9 @@ async def test_tampered_tarball_is_rejected_and_nothing_is_written(
     assert run_sql(empty_dsn, "SELECT to_regnamespace('pgflow_trio'), to_regnamespace('pgmq')") == [(None, None)]
 
 
-def test_tampered_cached_tarball_is_replaced(core_tarball: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_tampered_cached_tarball_is_replaced(
+    core_tarball: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from pgflow_trio._schema import obtain_core_tarball
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
