@@ -11,8 +11,10 @@ from pathlib import Path
 import trio
 
 from ._admin import check_schema, install_schema
+from ._compile import compile_flow
 from ._errors import PgflowError
 from ._schema import INSTALL_COMMAND, install_script
+from ._targets import load_target
 
 log = logging.getLogger("pgflow_trio")
 
@@ -43,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="install pgmq as the extension (default), as plain SQL, or not at all",
     )
     sql.add_argument("--no-realtime", action="store_true", help="omit the realtime.send stand-in (Supabase has one)")
+
+    compile_ = commands.add_parser("compile", help="print the SQL that creates a flow (as @pgflow/dsl compiles it)")
+    compile_.add_argument("target", help="package.module:Attr, path/to/file.py:Attr, or a .json spec file")
     return parser
 
 
@@ -71,6 +76,11 @@ async def _db_check(args: argparse.Namespace) -> int:
 
 
 async def _run(args: argparse.Namespace) -> int:
+    if args.command == "compile":
+        flow, _ = load_target(args.target)
+        for statement in compile_flow(flow):
+            print(statement)
+        return 0
     if args.command == "db":
         if args.db_command == "install":
             return await _db_install(args)
