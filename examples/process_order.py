@@ -1,6 +1,6 @@
 """The order example: validate -> charge -> fulfill, typed, plus a SendEmail job.
 
-    python -m pgflow_trio compile examples/process_order.py:ProcessOrder
+python -m pgflow_trio compile examples/process_order.py:ProcessOrder
 """
 
 from __future__ import annotations

@@ -7,10 +7,14 @@ import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def dsn_for(server_dsn: str, database: str) -> str:
@@ -47,4 +51,13 @@ def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> 
         timeout=timeout,
         env={**os.environ, **(env or {})},
         check=False,
+        cwd=ROOT,
     )
+
+
+def load_example() -> ModuleType:
+    """examples/process_order.py, imported the way the CLI imports a file target."""
+    from pgflow_trio._targets import load_object
+
+    flow = load_object(str(ROOT / "examples" / "process_order.py") + ":ProcessOrder")
+    return sys.modules[flow.__module__]

@@ -14,6 +14,7 @@ from ._errors import DatabaseError as DatabaseError
 from ._errors import IntegrityError as IntegrityError
 from ._errors import PgflowError as PgflowError
 from ._errors import SchemaError as SchemaError
+from ._flow import Definition as Definition
 from ._flow import Flow as Flow
 from ._flow import Job as Job
 from ._flow import definition_of as definition_of

@@ -213,11 +213,12 @@ def build_flow(
     result_mode: ResultMode = "raw",
     is_job: bool = False,
     typed: bool = False,
+    slug_label: str = "flow slug",
 ) -> FlowDef:
     """Validate and assemble a FlowDef (the only way one is made)."""
     if (problem := slug_problem(slug)) is not None:
-        raise DefinitionError(f"{origin}: flow slug {slug!r} {problem}")
-    check_options(options, f"{origin}", allow_start_delay=False)
+        raise DefinitionError(f"{origin}: {slug_label} {slug!r} {problem}")
+    check_options(options, f"{origin}, flow options", allow_start_delay=False)
     if not steps:
         raise DefinitionError(f"{origin}: a flow needs at least one step")
     seen: set[str] = set()

@@ -102,4 +102,3 @@ def encode_input(flow: FlowDef, value: Any) -> Any:
     if root_map and not isinstance(data, list):
         raise SerializationError(f"{what}: this flow maps over its input, which must be a list")
     return data
-

@@ -206,7 +206,9 @@ def _resolve_params(raw: _Raw, steps: dict[str, _Raw], input_type: Any, origin: 
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
             raise DefinitionError(f"{where}: *{p.name} is not supported; declare each dependency as a parameter")
         if p.name not in raw.hints:
-            raise DefinitionError(f"{where}: parameter {p.name!r} has no annotation; annotate it with the type it needs")
+            raise DefinitionError(
+                f"{where}: parameter {p.name!r} has no annotation; annotate it with the type it needs"
+            )
         hint = _norm(raw.hints[p.name])
         if hint is Context:
             resolved.append(HandlerParam(p.name, ParamKind.CONTEXT, hint))
@@ -251,8 +253,10 @@ def _resolve_params(raw: _Raw, steps: dict[str, _Raw], input_type: Any, origin: 
                 f"{_name(wanted)}; name the parameter after the step it needs"
             )
         if not producers:
-            if is_map and get_origin(_norm(input_type)) is not list and not any(
-                get_origin(dependent_type(s)) is list for s in steps.values()
+            if (
+                is_map
+                and get_origin(_norm(input_type)) is not list
+                and not any(get_origin(dependent_type(s)) is list for s in steps.values() if s.slug != raw.slug)
             ):
                 raise DefinitionError(
                     f"{where}: a map step runs over a list, but the flow input {_name(input_type)} is not a list "
@@ -296,8 +300,12 @@ def _result_mode(output_type: Any, steps: tuple[StepDef, ...], leaves: tuple[str
     )
 
 
+def _origin(cls: type) -> str:
+    return cls.__qualname__.rpartition("<locals>.")[2]
+
+
 def _define_flow(cls: type, slug: str | None, options: Options, localns: dict[str, Any]) -> FlowDef:
-    origin = cls.__qualname__
+    origin = _origin(cls)
     args = _generic_args(cls, Flow)
     if args is None:
         raise DefinitionError(f"{origin}: declare its input and output types: class {origin}(Flow[In, Out])")
@@ -310,9 +318,7 @@ def _define_flow(cls: type, slug: str | None, options: Options, localns: dict[st
     for raw in raws:
         params = _resolve_params(raw, by_slug, input_type, origin)
         deps = tuple(dict.fromkeys(p.source for p in params if p.source is not None))
-        steps.append(
-            StepDef(raw.slug, raw.mark.step_type, deps, raw.mark.options, raw.fn, tuple(params), raw.output)
-        )
+        steps.append(StepDef(raw.slug, raw.mark.step_type, deps, raw.mark.options, raw.fn, tuple(params), raw.output))
     flow = build_flow(
         slug if slug is not None else _snake(cls.__name__),
         steps,
@@ -326,7 +332,13 @@ def _define_flow(cls: type, slug: str | None, options: Options, localns: dict[st
     return attrs.evolve(flow, result_mode=mode)
 
 
-class Flow(Generic[In, Out]):
+class Definition(Generic[In, Out]):
+    """What flows and jobs have in common for typing: they take `In` and produce `Out`."""
+
+    __pgflow__: ClassVar[FlowDef]
+
+
+class Flow(Definition[In, Out]):
     """Base class of typed flows: `class ProcessOrder(Flow[OrderInput, Receipt], max_attempts=3): ...`.
 
     Class keywords: `slug` (default: the class name in snake_case), `max_attempts`, `base_delay`, `timeout`.
@@ -352,7 +364,7 @@ class Flow(Generic[In, Out]):
 
 
 def _define_job(cls: type, queue: str | None, options: Options, localns: dict[str, Any]) -> FlowDef:
-    origin = cls.__qualname__
+    origin = _origin(cls)
     args = _generic_args(cls, Job)
     if args is None:
         raise DefinitionError(f"{origin}: declare its input and output types: class {origin}(Job[In, Out])")
@@ -377,11 +389,12 @@ def _define_job(cls: type, queue: str | None, options: Options, localns: dict[st
         output_type=output_type,
         is_job=True,
         typed=True,
+        slug_label="queue",
     )
     return attrs.evolve(flow, result_mode=_result_mode(output_type, flow.steps, flow.leaves, origin))
 
 
-class Job(Generic[In, Out]):
+class Job(Definition[In, Out]):
     """Base class of background jobs (one-step flows): `class SendEmail(Job[Email, None], queue="send_email")`
     with `async def perform(self, email: Email, ctx: Context) -> None`.
 

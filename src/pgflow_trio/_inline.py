@@ -8,30 +8,27 @@ a handler raises propagates.
 from __future__ import annotations
 
 import uuid
-from typing import Any, TypeVar, overload
+from typing import Any, TypeVar
 
 from ._context import Context
 from ._definition import FlowDef
 from ._execute import call_handler, decode_run_output, encode_input, instantiate
-from ._flow import Flow, Job, definition_of
+from ._flow import Definition, definition_of
 from ._serde import from_json, to_json
 
 In = TypeVar("In")
 Out = TypeVar("Out")
 
 
-@overload
-async def run_inline(flow: type[Flow[In, Out]] | Flow[In, Out], input: In) -> Out: ...
-@overload
-async def run_inline(flow: type[Job[In, Out]] | Job[In, Out], input: In) -> Out: ...
-async def run_inline(flow: object, input: object) -> Any:
+async def run_inline(flow: type[Definition[In, Out]] | Definition[In, Out], input: In) -> Out:
     """Execute every step of `flow` for `input` in dependency order and return the typed result."""
     definition = definition_of(flow)
     instance = instantiate(definition, flow)
     flow_input = from_json(to_json(encode_input(definition, input), what="input"))
     outputs = await _run_steps(definition, instance, flow_input)
     run_output = {leaf: outputs[leaf] for leaf in definition.leaves}
-    return decode_run_output(definition, from_json(to_json(run_output, what="run output")))
+    result: Out = decode_run_output(definition, from_json(to_json(run_output, what="run output")))
+    return result
 
 
 async def _run_steps(flow: FlowDef, instance: object, flow_input: Any) -> dict[str, Any]:

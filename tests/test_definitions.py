@@ -1,0 +1,480 @@
+"""Typed flows, jobs and plain-data specs become one FlowDef; every validation error says what to change."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import pytest
+
+from pgflow_trio import (
+    Context,
+    DefinitionError,
+    Flow,
+    FlowDef,
+    Job,
+    Options,
+    compile_flow,
+    definition_of,
+    flow_from_spec,
+    map_step,
+    needs,
+    needs_all,
+    spec_of,
+    step,
+)
+from pgflow_trio._definition import ParamKind
+
+
+@attrs.frozen
+class In:
+    n: int
+
+
+@attrs.frozen
+class A:
+    a: int
+
+
+@attrs.frozen
+class B:
+    b: int
+
+
+@attrs.frozen
+class Done:
+    ok: bool
+
+
+class Linear(Flow[In, Done], max_attempts=2, timeout=10):
+    @step
+    async def first(self, inp: In) -> A:
+        return A(inp.n)
+
+    @step(base_delay=3)
+    async def second(self, a: A, ctx: Context) -> B:
+        return B(a.a)
+
+    @step
+    async def last(self, b: B, inp: In) -> Done:
+        return Done(True)
+
+
+def test_typed_flow_resolves_dependencies_from_annotations() -> None:
+    flow = definition_of(Linear)
+    assert flow.slug == "linear"
+    assert [s.slug for s in flow.steps] == ["first", "second", "last"]
+    assert flow.step("second").deps == ("first",)
+    assert flow.step("last").deps == ("second",)
+    kinds = {p.name: p.kind for p in flow.step("last").params}
+    assert kinds == {"b": ParamKind.DEPENDENCY, "inp": ParamKind.FLOW_INPUT}
+    assert [p.kind for p in flow.step("second").params] == [ParamKind.DEPENDENCY, ParamKind.CONTEXT]
+    assert flow.options == Options(max_attempts=2, timeout=10)
+    assert flow.result_mode == "leaf"
+    assert isinstance(flow, FlowDef)
+
+
+def test_steps_may_be_defined_in_any_order_and_come_out_dependencies_first() -> None:
+    class Backwards(Flow[In, Done]):
+        @step
+        async def end(self, a: A) -> Done:
+            return Done(True)
+
+        @step
+        async def start(self, inp: In) -> A:
+            return A(1)
+
+    assert [s.slug for s in definition_of(Backwards).steps] == ["start", "end"]
+
+
+def test_same_type_from_two_steps_is_resolved_by_parameter_name() -> None:
+    class TwoA(Flow[In, Done]):
+        @step
+        async def left(self, inp: In) -> A:
+            return A(1)
+
+        @step
+        async def right(self, inp: In) -> A:
+            return A(2)
+
+        @step
+        async def join(self, left: A, right: A) -> Done:
+            return Done(True)
+
+    assert definition_of(TwoA).step("join").deps == ("left", "right")
+
+
+def test_ambiguous_dependency_names_the_candidates() -> None:
+    with pytest.raises(DefinitionError, match=r"ambiguous: steps 'left', 'right' all produce A; name the parameter"):
+
+        class Ambiguous(Flow[In, Done]):
+            @step
+            async def left(self, inp: In) -> A:
+                return A(1)
+
+            @step
+            async def right(self, inp: In) -> A:
+                return A(2)
+
+            @step
+            async def join(self, value: A) -> Done:
+                return Done(True)
+
+
+def test_unknown_dependency_says_what_to_annotate() -> None:
+    with pytest.raises(DefinitionError, match=r"Unknown.only: parameter 'b' needs B, but neither the flow input"):
+
+        class Unknown(Flow[In, Done]):
+            @step
+            async def only(self, b: B) -> Done:
+                return Done(True)
+
+
+def test_parameter_named_after_a_step_must_have_its_type() -> None:
+    with pytest.raises(DefinitionError, match=r"parameter 'first' is annotated B but step 'first' produces A"):
+
+        class Mismatch(Flow[In, Done]):
+            @step
+            async def first(self, inp: In) -> A:
+                return A(1)
+
+            @step
+            async def second(self, first: B) -> Done:
+                return Done(True)
+
+
+def test_needs_pins_a_producer_and_checks_its_type() -> None:
+    class Pinned(Flow[In, dict[str, Any]]):
+        @step
+        async def left(self, inp: In) -> A:
+            return A(1)
+
+        @step
+        async def right(self, inp: In) -> A:
+            return A(2)
+
+        @step
+        async def join(self, value: A = needs(right)) -> Done:
+            return Done(True)
+
+    assert definition_of(Pinned).step("join").deps == ("right",)
+
+    with pytest.raises(DefinitionError, match=r"parameter 'value' is annotated B but step 'left' produces A"):
+
+        class WrongPin(Flow[In, Done]):
+            @step
+            async def left(self, inp: In) -> A:
+                return A(1)
+
+            @step
+            async def join(self, value: B = needs(left)) -> Done:  # type: ignore[arg-type]
+                return Done(True)
+
+
+def test_needs_all_is_for_map_steps() -> None:
+    with pytest.raises(DefinitionError, match=r"refers to step 'each': use needs_all\(\)"):
+
+        class WrongNeeds(Flow[list[int], list[int]]):
+            @map_step
+            async def each(self, n: int) -> int:
+                return n
+
+            @step
+            async def total(self, values: int = needs(each)) -> list[int]:
+                return [values]
+
+    class RightNeeds(Flow[list[int], int]):
+        @map_step
+        async def each(self, n: int) -> int:
+            return n
+
+        @step
+        async def total(self, values: list[int] = needs_all(each)) -> int:
+            return sum(values)
+
+    assert definition_of(RightNeeds).step("total").deps == ("each",)
+
+
+def test_cycle_is_reported_with_its_path() -> None:
+    with pytest.raises(DefinitionError, match=r"dependency cycle (a -> b -> a|b -> a -> b)"):
+        flow_from_spec(
+            {"slug": "cyc", "steps": [{"slug": "a", "deps": ["b"]}, {"slug": "b", "deps": ["a"]}]}, origin="cyc.json"
+        )
+
+
+def test_typed_cycle_is_reported() -> None:
+    with pytest.raises(DefinitionError, match=r"dependency cycle"):
+
+        class Cycle(Flow[In, Done]):
+            @step
+            async def a(self, b: B) -> A:
+                return A(1)
+
+            @step
+            async def b(self, a: A) -> B:
+                return B(1)
+
+            @step
+            async def c(self, a: A, inp: In) -> Done:
+                return Done(True)
+
+
+def test_self_dependency_is_rejected() -> None:
+    with pytest.raises(DefinitionError, match=r"step 'a' depends on itself"):
+        flow_from_spec({"slug": "s", "steps": [{"slug": "a", "deps": ["a"]}]})
+
+
+def test_duplicate_slug() -> None:
+    with pytest.raises(DefinitionError, match=r"step 'a' is defined twice; step slugs must be unique"):
+        flow_from_spec({"slug": "s", "steps": [{"slug": "a"}, {"slug": "a"}]})
+
+
+@pytest.mark.parametrize(
+    ("slug", "message"),
+    [
+        ("", "must not be empty"),
+        ("x" * 129, "is 129 characters long; the limit is 128"),
+        ("1abc", "must not start with a digit"),
+        ("_abc", "must not start with an underscore"),
+        ("a b", "must not contain whitespace"),
+        ("a-b", r"must not contain / : # - or \?"),
+        ("a/b", r"must not contain / : # - or \?"),
+        ("a?b", r"must not contain / : # - or \?"),
+        ("café", "may contain only ASCII letters, digits and underscores"),
+        ("a.b", "may contain only ASCII letters, digits and underscores"),
+        ("run", r"is reserved \(run\)"),
+    ],
+)
+def test_slug_rules_of_the_dsl_and_the_sql_side(slug: str, message: str) -> None:
+    with pytest.raises(DefinitionError, match=f"flow slug .* {message}"):
+        flow_from_spec({"slug": slug, "steps": [{"slug": "a"}]})
+    with pytest.raises(DefinitionError, match=f"step slug .* {message}"):
+        flow_from_spec({"slug": "ok", "steps": [{"slug": slug}]})
+
+
+def test_step_named_run_in_a_typed_flow_is_rejected() -> None:
+    with pytest.raises(DefinitionError, match=r"step slug 'run' is reserved"):
+
+        class Runner(Flow[In, A]):
+            @step
+            async def run(self, inp: In) -> A:
+                return A(1)
+
+
+def test_a_128_character_slug_is_fine() -> None:
+    assert flow_from_spec({"slug": "a" * 128, "steps": [{"slug": "b" * 128}]}).slug == "a" * 128
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"max_attempts": 0}, "max_attempts must be >= 1, got 0"),
+        ({"base_delay": 0}, "base_delay must be >= 1, got 0"),
+        ({"timeout": 2}, "timeout must be >= 3, got 2"),
+        ({"start_delay": -1}, "start_delay must be >= 0, got -1"),
+        ({"timeout": 3.5}, "timeout must be an integer"),
+        ({"max_attempts": True}, "max_attempts must be an integer"),
+    ],
+)
+def test_option_ranges(options: dict[str, Any], message: str) -> None:
+    with pytest.raises(DefinitionError, match=f"step 'a'.*{message}"):
+        flow_from_spec({"slug": "f", "steps": [{"slug": "a", **options}]})
+
+
+def test_start_delay_is_a_step_option_only() -> None:
+    with pytest.raises(DefinitionError, match=r"unknown keys \['start_delay'\]"):
+        flow_from_spec({"slug": "f", "start_delay": 1, "steps": [{"slug": "a"}]})
+    with pytest.raises(DefinitionError, match=r"flow.*timeout must be >= 3"):
+
+        class Short(Flow[In, A], timeout=1):
+            @step
+            async def a(self, inp: In) -> A:
+                return A(1)
+
+
+def test_map_step_with_two_dependencies_is_rejected() -> None:
+    with pytest.raises(
+        DefinitionError, match=r"map step takes its array from at most one step, but it depends on a, b"
+    ):
+        flow_from_spec(
+            {
+                "slug": "f",
+                "steps": [{"slug": "a"}, {"slug": "b"}, {"slug": "m", "step_type": "map", "deps": ["a", "b"]}],
+            }
+        )
+
+
+def test_root_map_needs_a_list_input() -> None:
+    with pytest.raises(DefinitionError, match=r"the flow input In is not a list and no step returns one; declare"):
+
+        class NotAList(Flow[In, list[int]]):
+            @map_step
+            async def each(self, n: int) -> int:
+                return n
+
+
+def test_map_step_takes_one_element() -> None:
+    with pytest.raises(DefinitionError, match=r"map step takes exactly one element parameter"):
+
+        class TwoElements(Flow[list[int], list[int]]):
+            @step
+            async def other(self, items: list[int]) -> list[int]:
+                return items
+
+            @map_step
+            async def each(self, n: int, other: int) -> int:
+                return n
+
+
+def test_typed_maps_root_and_dependent() -> None:
+    class Maps(Flow[list[str], int]):
+        @map_step
+        async def lengths(self, word: str) -> int:
+            return len(word)
+
+        @map_step(timeout=5)
+        async def doubled(self, n: int) -> int:
+            return n * 2
+
+        @step
+        async def total(self, doubled: list[int]) -> int:
+            return sum(doubled)
+
+    flow = definition_of(Maps)
+    assert flow.step("lengths").deps == ()
+    assert flow.step("doubled").deps == ("lengths",)
+    assert compile_flow(flow) == [
+        "SELECT pgflow.create_flow('maps');",
+        "SELECT pgflow.add_step('maps', 'lengths', step_type => 'map');",
+        "SELECT pgflow.add_step('maps', 'doubled', ARRAY['lengths'], timeout => 5, step_type => 'map');",
+        "SELECT pgflow.add_step('maps', 'total', ARRAY['doubled']);",
+    ]
+
+
+def test_sync_handler_is_rejected() -> None:
+    with pytest.raises(DefinitionError, match=r"Sync.a is not async: define steps with `async def`"):
+
+        class Sync(Flow[In, A]):
+            @step  # type: ignore[type-var]
+            def a(self, inp: In) -> A:
+                return A(1)
+
+
+def test_missing_annotations() -> None:
+    with pytest.raises(DefinitionError, match=r"parameter 'inp' has no annotation"):
+
+        class NoParam(Flow[In, A]):
+            @step
+            async def a(self, inp) -> A:  # type: ignore[no-untyped-def]
+                return A(1)
+
+    with pytest.raises(DefinitionError, match=r"NoReturn.a has no return annotation"):
+
+        class NoReturn(Flow[In, A]):
+            @step
+            async def a(self, inp: In):  # type: ignore[no-untyped-def]
+                return A(1)
+
+
+def test_flow_without_type_arguments_or_steps() -> None:
+    with pytest.raises(DefinitionError, match=r"declare its input and output types: class Bare\(Flow\[In, Out\]\)"):
+
+        class Bare(Flow):  # type: ignore[type-arg]
+            @step
+            async def a(self, inp: In) -> A:
+                return A(1)
+
+    with pytest.raises(DefinitionError, match=r"a flow needs at least one step"):
+
+        class Empty(Flow[In, A]):
+            pass
+
+
+def test_declared_output_must_match_the_leaves() -> None:
+    with pytest.raises(DefinitionError, match=r"declared output B does not match the run's output \{a: A\}"):
+
+        class WrongOut(Flow[In, B]):
+            @step
+            async def a(self, inp: In) -> A:
+                return A(1)
+
+
+def test_record_output_for_several_leaves() -> None:
+    @attrs.frozen
+    class Both:
+        left: A
+        right: B
+
+    class TwoLeaves(Flow[In, Both]):
+        @step
+        async def left(self, inp: In) -> A:
+            return A(1)
+
+        @step
+        async def right(self, inp: In) -> B:
+            return B(2)
+
+    assert definition_of(TwoLeaves).result_mode == "record"
+
+
+def test_unresolvable_annotation_says_where_to_define_it() -> None:
+    with pytest.raises(
+        DefinitionError, match=r"cannot resolve an annotation .*Later.*define that type at module level"
+    ):
+
+        class Early(Flow[In, A]):
+            @step
+            async def a(self, inp: In, later: Later) -> A:  # type: ignore[name-defined]  # noqa: F821
+                return A(1)
+
+
+def test_job_compiles_like_a_one_step_flow() -> None:
+    class SendReport(Job[In, None], queue="reports", max_attempts=5, timeout=120):
+        async def perform(self, inp: In, ctx: Context) -> None:
+            return None
+
+    flow = definition_of(SendReport)
+    assert flow.is_job
+    assert compile_flow(flow) == [
+        "SELECT pgflow.create_flow('reports', max_attempts => 5, timeout => 120);",
+        "SELECT pgflow.add_step('reports', 'perform');",
+    ]
+
+
+def test_job_errors() -> None:
+    with pytest.raises(DefinitionError, match=r"NoPerform: define `async def perform"):
+
+        class NoPerform(Job[In, None]):
+            pass
+
+    with pytest.raises(DefinitionError, match=r"SyncJob.perform is not async"):
+
+        class SyncJob(Job[In, None]):
+            def perform(self, inp: In, ctx: Context) -> None:  # type: ignore[override]
+                return None
+
+    with pytest.raises(DefinitionError, match=r"queue.*must not contain / : # - or"):
+
+        class BadQueue(Job[In, None], queue="send-email"):
+            async def perform(self, inp: In, ctx: Context) -> None:
+                return None
+
+
+def test_spec_shape_errors_give_the_path() -> None:
+    with pytest.raises(DefinitionError, match=r"\$.steps must be a list"):
+        flow_from_spec({"slug": "f"})
+    with pytest.raises(DefinitionError, match=r"\$.steps\[1\].deps must be a list of step slugs"):
+        flow_from_spec({"slug": "f", "steps": [{"slug": "a"}, {"slug": "b", "deps": "a"}]})
+    with pytest.raises(DefinitionError, match=r"\$.steps\[0\].step_type must be 'single' or 'map'"):
+        flow_from_spec({"slug": "f", "steps": [{"slug": "a", "step_type": "fan"}]})
+    with pytest.raises(DefinitionError, match=r"\$.steps\[0\] has unknown keys \['dependsOn'\]"):
+        flow_from_spec({"slug": "f", "steps": [{"slug": "a", "dependsOn": []}]})
+    with pytest.raises(DefinitionError, match=r"step 'b' depends on unknown step 'x' \(steps: a, b\)"):
+        flow_from_spec({"slug": "f", "steps": [{"slug": "a"}, {"slug": "b", "deps": ["x"]}]})
+
+
+def test_spec_round_trip_and_same_model_as_typed_class() -> None:
+    flow = definition_of(Linear)
+    again = flow_from_spec(spec_of(flow))
+    assert compile_flow(again) == compile_flow(flow)
+    assert spec_of(again) == spec_of(flow)
