@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,7 +16,8 @@ from ._admin import check_schema, install_schema
 from ._compile import compile_flow
 from ._errors import PgflowError
 from ._schema import INSTALL_COMMAND, install_script
-from ._targets import load_target
+from ._targets import load_object, load_target
+from ._worker import WorkerGroup, WorkerOptions, serve
 
 log = logging.getLogger("pgflow_trio")
 
@@ -46,6 +49,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sql.add_argument("--no-realtime", action="store_true", help="omit the realtime.send stand-in (Supabase has one)")
 
+    worker = commands.add_parser("worker", help="run workers for flows and jobs until SIGINT/SIGTERM")
+    worker.add_argument("targets", nargs="+", metavar="TARGET", help="package.module:Attr or path/to/file.py:Attr")
+    _add_database_options(worker)
+    worker.add_argument(
+        "--concurrency",
+        type=int,
+        default=_env_int("PGFLOW_CONCURRENCY", 10),
+        help="tasks run at once per flow (PGFLOW_CONCURRENCY, default 10)",
+    )
+    worker.add_argument(
+        "--batch-size",
+        type=int,
+        default=_env_int("PGFLOW_BATCH_SIZE", 10),
+        help="most messages read at once (PGFLOW_BATCH_SIZE, default 10)",
+    )
+    worker.add_argument(
+        "--signal",
+        choices=["poll", "notify"],
+        default=os.environ.get("PGFLOW_SIGNAL", "notify"),
+        help="how new work is noticed (PGFLOW_SIGNAL, default notify)",
+    )
+    worker.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=_env_float("PGFLOW_SHUTDOWN_GRACE", 10.0),
+        help="seconds running tasks get to finish on stop (PGFLOW_SHUTDOWN_GRACE, default 10)",
+    )
+
     compile_ = commands.add_parser("compile", help="print the SQL that creates a flow (as @pgflow/dsl compiles it)")
     compile_.add_argument("target", help="package.module:Attr, path/to/file.py:Attr, or a .json spec file")
     return parser
@@ -75,7 +106,52 @@ async def _db_check(args: argparse.Namespace) -> int:
     return 1
 
 
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return int(value) if value else default
+
+
+def _env_float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    return float(value) if value else default
+
+
+async def _worker(args: argparse.Namespace) -> int:
+    options = WorkerOptions(
+        concurrency=args.concurrency,
+        batch_size=args.batch_size,
+        signal=args.signal,
+        shutdown_grace=args.shutdown_grace,
+    )
+    targets = [load_object(target) for target in args.targets]
+    listening = trio.CancelScope()
+
+    async def serve_then_stop_listening(*, task_status: trio.TaskStatus[WorkerGroup]) -> None:
+        try:
+            await serve(*targets, dsn=args.dsn, options=options, data_dir=args.data_dir, task_status=task_status)
+        finally:
+            listening.cancel()
+
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            group: WorkerGroup = await nursery.start(serve_then_stop_listening)
+            with listening:
+                async for signum in signals:
+                    name = signal.Signals(signum).name
+                    if any(w.stopping for w in group.workers):
+                        log.warning("%s again: cancelling running tasks (they are handed back)", name)
+                        nursery.cancel_scope.cancel()
+                        break
+                    log.info(
+                        "%s: stopping; running tasks get %ss (signal again to cancel now)", name, options.shutdown_grace
+                    )
+                    group.stop()
+    return 0
+
+
 async def _run(args: argparse.Namespace) -> int:
+    if args.command == "worker":
+        return await _worker(args)
     if args.command == "compile":
         flow, _ = load_target(args.target)
         for statement in compile_flow(flow):

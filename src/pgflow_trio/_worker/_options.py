@@ -1,0 +1,65 @@
+"""Worker options, validated when made; each can also come from a `PGFLOW_*` environment variable in the CLI."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import attrs
+
+from .._errors import ConfigurationError
+
+Signal = Literal["poll", "notify"]
+
+
+def _positive(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ConfigurationError(f"worker option {attribute.name} must be a positive number, got {value!r}")
+
+
+def _count(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigurationError(f"worker option {attribute.name} must be an integer >= 1, got {value!r}")
+
+
+def _signal(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
+    if value not in ("poll", "notify"):
+        raise ConfigurationError(f"worker option signal must be 'poll' or 'notify', got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class WorkerOptions:
+    """How a worker reads, runs and recovers tasks. Times are in seconds."""
+
+    concurrency: int = attrs.field(default=10, validator=_count)
+    """Tasks run at once per worker; the reader asks only for as many messages as there are free slots."""
+    batch_size: int = attrs.field(default=10, validator=_count)
+    """Most messages read in one go."""
+    signal: Signal = attrs.field(default="notify", validator=_signal)
+    """`notify`: pgmq insert notifications wake the reader (plus a fallback poll); `poll`: read_with_poll."""
+    poll_min: float = attrs.field(default=0.05, validator=_positive)
+    """Shortest server-side poll interval (used while busy); it doubles while idle up to `poll_max`."""
+    poll_max: float = attrs.field(default=1.0, validator=_positive)
+    poll_seconds: float = attrs.field(default=2.0, validator=_positive)
+    """How long one read_with_poll waits on the server for messages."""
+    fallback_poll: float = attrs.field(default=5.0, validator=_positive)
+    """In notify mode, read at least this often (delayed messages notify nothing)."""
+    read_visibility: int = attrs.field(default=5, validator=_count)
+    """Visibility (s) of a read message until start_tasks sets it to the step timeout + 2 s."""
+    heartbeat_interval: float = attrs.field(default=5.0, validator=_positive)
+    stale_after: float = attrs.field(default=30.0, validator=_positive)
+    """A worker silent this long is presumed dead: its started tasks are recovered."""
+    recovery_interval: float = attrs.field(default=10.0, validator=_positive)
+    timeout_grace: float = attrs.field(default=30.0, validator=_positive)
+    """A started task older than its timeout plus this is recovered even if its worker heartbeats."""
+    shutdown_grace: float = attrs.field(default=10.0, validator=_positive)
+    """On stop, running tasks get this long to finish before they are cancelled and handed back."""
+    extend_margin: float = attrs.field(default=3.0, validator=_positive)
+    """Extend a running task's visibility when less than this remains."""
+    register_flow: bool = True
+    """Create the flow in the database when it is absent (refuse to start when it differs)."""
+
+    def __attrs_post_init__(self) -> None:
+        if self.poll_min > self.poll_max:
+            raise ConfigurationError("worker option poll_min must not exceed poll_max")
+        if self.stale_after <= self.heartbeat_interval:
+            raise ConfigurationError("worker option stale_after must exceed heartbeat_interval")
