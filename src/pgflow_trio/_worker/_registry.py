@@ -8,7 +8,7 @@ from .._compile import compile_flow
 from .._db import Connection, Database
 from .._definition import DefinitionError, FlowDef
 
-SQL_DEFAULTS = {"max_attempts": 3, "base_delay": 1, "timeout": 60}
+SQL_DEFAULTS = {"max_attempts": 3, "base_delay": 5, "timeout": 60}  # pgflow.create_flow defaults
 
 
 class FlowMismatch(DefinitionError):
