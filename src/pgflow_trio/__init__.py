@@ -8,12 +8,20 @@ from ._definition import DefinitionError as DefinitionError
 from ._definition import FlowDef as FlowDef
 from ._definition import Options as Options
 from ._definition import StepDef as StepDef
+from ._engine import Engine as Engine
+from ._engine import EngineOptions as EngineOptions
+from ._engine import EngineTransaction as EngineTransaction
+from ._engine import RunHandle as RunHandle
+from ._engine import open_engine as open_engine
 from ._errors import ConfigurationError as ConfigurationError
 from ._errors import ConnectionLost as ConnectionLost
 from ._errors import DatabaseError as DatabaseError
 from ._errors import IntegrityError as IntegrityError
 from ._errors import PgflowError as PgflowError
 from ._errors import SchemaError as SchemaError
+from ._events import RunEvent as RunEvent
+from ._events import Snapshot as Snapshot
+from ._events import StepEvent as StepEvent
 from ._flow import Definition as Definition
 from ._flow import Flow as Flow
 from ._flow import Job as Job
@@ -23,11 +31,26 @@ from ._flow import needs as needs
 from ._flow import needs_all as needs_all
 from ._flow import step as step
 from ._inline import run_inline as run_inline
+from ._records import FlowInfo as FlowInfo
+from ._records import FlowInUse as FlowInUse
+from ._records import FlowNotFound as FlowNotFound
+from ._records import Health as Health
+from ._records import QueueHealth as QueueHealth
+from ._records import Run as Run
+from ._records import RunFailed as RunFailed
+from ._records import RunNotFound as RunNotFound
+from ._records import RunPage as RunPage
+from ._records import RunTimeout as RunTimeout
+from ._records import StepState as StepState
 from ._schema import CORE_VERSION as CORE_VERSION
 from ._schema import InstallReport as InstallReport
 from ._schema import SchemaStatus as SchemaStatus
 from ._serde import SerializationError as SerializationError
 from ._spec import flow_from_spec as flow_from_spec
 from ._spec import spec_of as spec_of
+from ._worker import FlowMismatch as FlowMismatch
+from ._worker import WorkerGroup as WorkerGroup
+from ._worker import WorkerOptions as WorkerOptions
+from ._worker import serve as serve
 
 __version__ = "0.1.0"

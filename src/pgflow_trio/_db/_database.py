@@ -17,6 +17,7 @@ import trio_asyncio
 
 if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy
+    from asyncpg.transaction import Transaction
 
 from .._util import unwrap_single_errors
 from ._errors import mapped_errors
@@ -124,22 +125,26 @@ class Database:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Connection]:
-        """A transaction on one connection: committed when the block exits normally, else rolled back (shielded)."""
+        """A transaction on one connection: committed when the block exits normally, else rolled back (shielded).
+
+        It is asyncpg's own transaction, so `RawConnection.transaction()` inside `Connection.run` nests as a
+        savepoint."""
         async with self.connection() as conn:
-            await conn.execute("BEGIN")
+            xact = conn._raw.transaction()
+            await self._cross(xact.start())
             try:
                 yield conn
             except BaseException:
                 with trio.CancelScope(shield=True):
-                    await _rollback_or_drop(conn)
+                    await _rollback_or_drop(self, conn, xact)
                 raise
             else:
-                await conn.execute("COMMIT")
+                await self._cross(xact.commit())
 
 
-async def _rollback_or_drop(conn: Connection) -> None:
+async def _rollback_or_drop(db: Database, conn: Connection, xact: Transaction) -> None:
     try:
-        await conn.execute("ROLLBACK")
+        await db._cross(xact.rollback())
     except Exception:
         conn._raw.terminate()
 

@@ -15,7 +15,7 @@ class FlowMismatch(DefinitionError):
     """The database holds a flow with this slug whose shape or options differ from the code."""
 
 
-def _expected(flow: FlowDef) -> dict[str, Any]:
+def expected_shape(flow: FlowDef) -> dict[str, Any]:
     return {
         "options": {name: getattr(flow.options, name) or default for name, default in SQL_DEFAULTS.items()},
         "steps": [
@@ -33,7 +33,7 @@ def _expected(flow: FlowDef) -> dict[str, Any]:
     }
 
 
-async def _actual(con: Connection, slug: str) -> dict[str, Any] | None:
+async def read_flow_shape(con: Connection, slug: str) -> dict[str, Any] | None:
     row = await con.fetchrow(
         "SELECT opt_max_attempts, opt_base_delay, opt_timeout FROM pgflow.flows WHERE flow_slug = $1", slug
     )
@@ -87,14 +87,14 @@ async def ensure_flow(db: Database, flow: FlowDef, *, create: bool = True) -> bo
     """Create `flow` if absent (returns True then); raise FlowMismatch when the database holds another shape."""
     async with db.transaction() as tx:
         await tx.execute("SELECT pg_advisory_xact_lock(hashtextextended('pgflow_trio:flow:' || $1, 0))", flow.slug)
-        actual = await _actual(tx, flow.slug)
+        actual = await read_flow_shape(tx, flow.slug)
         if actual is None:
             if not create:
                 raise DefinitionError(f"flow {flow.slug!r} does not exist in the database")
             for statement in compile_flow(flow):
                 await tx.execute(statement)
             return True
-        differences = describe_differences(_expected(flow), actual)
+        differences = describe_differences(expected_shape(flow), actual)
         if differences:
             raise FlowMismatch(
                 f"flow {flow.slug!r} in the database differs from {flow.origin or 'the definition'}:\n  "

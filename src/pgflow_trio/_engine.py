@@ -1,0 +1,455 @@
+"""The client API: `async with open_engine(dsn) as engine`, typed starts, jobs, run handles, events, management."""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import math
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, Generic, TypeVar, overload
+
+import attrs
+import trio
+
+from ._db import Connection, Database, Record, open_database
+from ._definition import DefinitionError, FlowDef
+from ._dsn import resolve_dsn
+from ._errors import ConfigurationError, SchemaError
+from ._events import Event, EventHub, RunEvent, Snapshot, _Resync
+from ._execute import decode_run_output, encode_input
+from ._flow import Definition, definition_of
+from ._manage import delete_flow, flow_from_database, health, list_flows, upsert_flow
+from ._records import FlowInfo, Health, Run, RunFailed, RunNotFound, RunPage, RunTimeout
+from ._runs import checked_slug, failure_of, fetch_run, list_runs, start_run
+from ._schema import CORE_VERSION, INSTALL_COMMAND, check
+from ._serde import to_json
+from ._util import unwrap_single_errors
+from ._worker import WorkerGroup, WorkerOptions
+from ._worker._worker import Worker
+
+In = TypeVar("In")
+Out = TypeVar("Out")
+_FINAL = frozenset({"run:completed", "run:failed"})
+
+
+def _non_negative_int(name: str, low: int, high: int) -> Any:
+    def check(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ConfigurationError(f"engine option {name} must be an integer from {low} to {high}, got {value!r}")
+
+    return check
+
+
+def _positive_float(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ConfigurationError(f"engine option {attribute.name} must be a positive number, got {value!r}")
+
+
+def _bool(instance: object, attribute: attrs.Attribute[bool], value: bool) -> None:
+    if not isinstance(value, bool):
+        raise ConfigurationError(f"engine option {attribute.name} must be True or False, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class EngineOptions:
+    """Options of `open_engine`."""
+
+    pool_size: int = attrs.field(default=10, validator=_non_negative_int("pool_size", 1, 200))
+    """Most connections the engine opens (plus one for LISTEN)."""
+    events: bool = attrs.field(default=True, validator=_bool)
+    """LISTEN for run events (watch, event-driven result()); without it result() polls."""
+    recheck_interval: float = attrs.field(default=5.0, validator=_positive_float)
+    """How often result() re-reads the run while waiting on events (a safety net, not the mechanism)."""
+    poll_interval: float = attrs.field(default=0.2, validator=_positive_float)
+    """How often result() re-reads the run when events are off."""
+    stale_after: float = attrs.field(default=30.0, validator=_positive_float)
+    """Workers silent this long count as stale (health, delete_flow)."""
+    check_schema: bool = attrs.field(default=True, validator=_bool)
+    """Refuse to open against a database whose schema is incomplete (naming the install command)."""
+    data_dir: Path | None = None
+    """Data directory of the embedded PostgreSQL when no DSN is given."""
+
+
+def engine_options(options: Mapping[str, Any]) -> EngineOptions:
+    allowed = sorted(f.name for f in attrs.fields(EngineOptions))
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ConfigurationError(f"unknown engine option(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}")
+    return EngineOptions(**options)
+
+
+def _as_uuid(value: uuid.UUID | str | None, what: str = "run id") -> uuid.UUID | None:
+    if value is None or isinstance(value, uuid.UUID):
+        return value
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        raise RunNotFound(f"{value!r} is not a valid {what}: expected a UUID") from None
+
+
+def _when(
+    delay: float | datetime.timedelta | None, at: datetime.datetime | None
+) -> tuple[datetime.datetime | None, float | None]:
+    if delay is not None and at is not None:
+        raise ConfigurationError("give either delay or at, not both")
+    if at is not None:
+        if not isinstance(at, datetime.datetime):
+            raise ConfigurationError(f"at must be a datetime, got {type(at).__name__}")
+        if at.tzinfo is None or at.utcoffset() is None:
+            raise ConfigurationError(
+                "at must be timezone-aware (e.g. datetime.now(timezone.utc) + ...); a naive datetime is ambiguous"
+            )
+        return at, None
+    if delay is None:
+        return None, None
+    seconds = delay.total_seconds() if isinstance(delay, datetime.timedelta) else delay
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds):
+        raise ConfigurationError(f"delay must be a number of seconds or a timedelta, got {delay!r}")
+    if seconds < 0:
+        raise ConfigurationError(f"delay must not be negative, got {seconds}")
+    return None, float(seconds)
+
+
+class RunHandle(Generic[Out]):
+    """A started run. `await handle.result()` waits (on events) for its typed output."""
+
+    def __init__(self, engine: Engine, run_id: uuid.UUID, flow_slug: str, flow: FlowDef | None, existed: bool):
+        self._engine = engine
+        self.run_id = run_id
+        self.flow_slug = flow_slug
+        self.existed = existed
+        """True when `run_id=` named a run that already existed (an idempotent start)."""
+        self._flow = flow
+
+    def __repr__(self) -> str:
+        return f"RunHandle({self.flow_slug!r}, {self.run_id})"
+
+    async def result(self, timeout: float | None = None) -> Out:
+        """The run's output in the flow's output type; RunFailed if it failed, RunTimeout after `timeout` s."""
+        with trio.move_on_after(math.inf if timeout is None else timeout) as scope:
+            run = await self._engine._wait_finished(self.run_id)
+        if scope.cancelled_caught:
+            raise RunTimeout(f"run {self.run_id} of {self.flow_slug} did not finish within {timeout}s")
+        if run.status == "failed":
+            step, error = await self._engine.db.run(functools.partial(failure_of, run_id=self.run_id))
+            raise RunFailed(self.run_id, self.flow_slug, step, error)
+        if self._flow is None:
+            return run.output  # type: ignore[no-any-return]
+        result: Out = decode_run_output(self._flow, run.output)
+        return result
+
+    async def get(self, *, with_states: bool = False) -> Run:
+        return await self._engine._get_run(self.run_id, with_states=with_states)
+
+    def watch(self) -> AsyncIterator[Event]:
+        return self._engine.watch(self.run_id)
+
+
+class _Starter:
+    """start/enqueue shared by the engine and its transactions; `_run_sql` runs one unit of work."""
+
+    engine: Engine
+
+    async def _run_sql(self, fn: Any) -> Any:
+        raise NotImplementedError
+
+    @overload
+    async def start(
+        self, flow: type[Definition[In, Out]] | Definition[In, Out], input: In, *, run_id: uuid.UUID | str | None = None
+    ) -> RunHandle[Out]: ...
+    @overload
+    async def start(
+        self, flow: str | FlowDef, input: Any, *, run_id: uuid.UUID | str | None = None
+    ) -> RunHandle[Any]: ...
+    async def start(self, flow: Any, input: Any, *, run_id: uuid.UUID | str | None = None) -> RunHandle[Any]:
+        """Start a run of a flow (class, instance, FlowDef or slug). With `run_id`, starting the same id again
+        returns the existing run instead of failing or duplicating it (`handle.existed`)."""
+        return await self._start(flow, input, run_id=run_id)
+
+    async def _start(
+        self,
+        flow: Any,
+        input: Any,
+        *,
+        run_id: uuid.UUID | str | None,
+        at: datetime.datetime | None = None,
+        delay: float | None = None,
+    ) -> RunHandle[Any]:
+        definition: FlowDef | None
+        if isinstance(flow, str):
+            definition, slug = None, checked_slug(flow)
+            data = input
+        else:
+            definition = definition_of(flow)
+            slug = definition.slug
+            data = encode_input(definition, input)
+        input_json = to_json(data, what=f"input of {slug}")
+        rid, existed = await self._run_sql(
+            functools.partial(start_run, slug=slug, input_json=input_json, run_id=_as_uuid(run_id), at=at, delay=delay)
+        )
+        typed = definition if definition is not None and definition.typed else None
+        return RunHandle(self.engine, rid, slug, typed, existed)
+
+    @overload
+    async def enqueue(
+        self,
+        job: type[Definition[In, Out]] | Definition[In, Out],
+        input: In,
+        *,
+        delay: float | datetime.timedelta | None = None,
+        at: datetime.datetime | None = None,
+        run_id: uuid.UUID | str | None = None,
+    ) -> RunHandle[Out]: ...
+    @overload
+    async def enqueue(
+        self,
+        job: str | FlowDef,
+        input: Any,
+        *,
+        delay: float | datetime.timedelta | None = None,
+        at: datetime.datetime | None = None,
+        run_id: uuid.UUID | str | None = None,
+    ) -> RunHandle[Any]: ...
+    async def enqueue(
+        self,
+        job: Any,
+        input: Any,
+        *,
+        delay: float | datetime.timedelta | None = None,
+        at: datetime.datetime | None = None,
+        run_id: uuid.UUID | str | None = None,
+    ) -> RunHandle[Any]:
+        """Enqueue a job (or any flow): stored now, its first task visible after `delay` seconds or at `at`
+        (timezone-aware; past times run now). Negative delays and naive datetimes are rejected."""
+        when, seconds = _when(delay, at)
+        return await self._start(job, input, run_id=run_id, at=when, delay=seconds)
+
+    async def enqueue_in(self, job: Any, input: Any, seconds: float | datetime.timedelta) -> RunHandle[Any]:
+        """`enqueue(job, input, delay=seconds)`."""
+        return await self.enqueue(job, input, delay=seconds)
+
+    async def enqueue_at(self, job: Any, input: Any, when: datetime.datetime) -> RunHandle[Any]:
+        """`enqueue(job, input, at=when)`."""
+        return await self.enqueue(job, input, at=when)
+
+
+class EngineTransaction(_Starter):
+    """Start runs and run your own SQL in one transaction: the runs exist if and only if it commits."""
+
+    def __init__(self, engine: Engine, connection: Connection) -> None:
+        self.engine = engine
+        self.connection = connection
+
+    async def _run_sql(self, fn: Any) -> Any:
+        return await self.connection.run(fn)
+
+    async def execute(self, sql: str, *args: object) -> str:
+        return await self.connection.execute(sql, *args)
+
+    async def fetch(self, sql: str, *args: object) -> list[Record]:
+        return await self.connection.fetch(sql, *args)
+
+    async def fetchrow(self, sql: str, *args: object) -> Record | None:
+        return await self.connection.fetchrow(sql, *args)
+
+    async def fetchval(self, sql: str, *args: object) -> Any:
+        return await self.connection.fetchval(sql, *args)
+
+
+class Engine(_Starter):
+    """The entry point to a pgflow database. Create it with `open_engine`."""
+
+    def __init__(self, db: Database, options: EngineOptions, nursery: trio.Nursery) -> None:
+        self.engine = self
+        self.db = db
+        self.options = options
+        self._nursery = nursery
+        self._hub = EventHub()
+
+    core_version = CORE_VERSION
+    """The pgflow core version this engine speaks."""
+
+    async def _run_sql(self, fn: Any) -> Any:
+        return await self.db.run(fn)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[EngineTransaction]:
+        """`async with engine.transaction() as tx:` then `tx.start(...)`, `tx.execute(...)`: one transaction."""
+        async with self.db.transaction() as connection:
+            yield EngineTransaction(self, connection)
+
+    # ---- runs ----------------------------------------------------------------------------------------------
+    async def _get_run(self, run_id: uuid.UUID | str, *, with_states: bool) -> Run:
+        rid = _as_uuid(run_id)
+        assert rid is not None
+        run = await self.db.run(functools.partial(fetch_run, run_id=rid, with_states=with_states))
+        if run is None:
+            raise RunNotFound(f"there is no run {rid}")
+        return run
+
+    async def get_run(self, run_id: uuid.UUID | str) -> Run:
+        """The run (RunNotFound when there is none)."""
+        return await self._get_run(run_id, with_states=False)
+
+    async def get_run_with_states(self, run_id: uuid.UUID | str) -> Run:
+        """The run with the state of each of its steps, in step order."""
+        return await self._get_run(run_id, with_states=True)
+
+    def handle(self, run_id: uuid.UUID | str, flow: Any = None) -> RunHandle[Any]:
+        """A handle on an existing run (pass its flow class to get typed results)."""
+        rid = _as_uuid(run_id)
+        assert rid is not None
+        definition = definition_of(flow) if flow is not None else None
+        slug = definition.slug if definition is not None else "?"
+        return RunHandle(self, rid, slug, definition if definition is not None and definition.typed else None, True)
+
+    async def list_runs(
+        self,
+        *,
+        flow: Any = None,
+        status: str | None = None,
+        started_after: datetime.datetime | None = None,
+        started_before: datetime.datetime | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> RunPage:
+        """Runs, newest first, filtered by flow, status and start time; `page.next_cursor` gives the next page."""
+        if status is not None and status not in ("started", "completed", "failed"):
+            raise ConfigurationError(f"status must be 'started', 'completed' or 'failed', got {status!r}")
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
+            raise ConfigurationError(f"limit must be an integer from 1 to 1000, got {limit!r}")
+        for name, value in (("started_after", started_after), ("started_before", started_before)):
+            if value is not None and value.tzinfo is None:
+                raise ConfigurationError(f"{name} must be timezone-aware")
+        slug = None if flow is None else checked_slug(flow) if isinstance(flow, str) else definition_of(flow).slug
+        return await self.db.run(
+            functools.partial(
+                list_runs,
+                flow_slug=slug,
+                status=status,
+                started_after=started_after,
+                started_before=started_before,
+                limit=limit,
+                cursor=cursor,
+            )
+        )
+
+    async def _wait_finished(self, run_id: uuid.UUID) -> Run:
+        events_on = self.options.events and self._hub.connected
+        recheck = self.options.recheck_interval if events_on else self.options.poll_interval
+        async with self._hub.subscribe(run_id) as events:
+            while True:
+                run = await self._get_run(run_id, with_states=False)
+                if run.finished:
+                    return run
+                with trio.move_on_after(recheck):
+                    while True:
+                        event = await events.receive()
+                        if isinstance(event, _Resync) or (isinstance(event, RunEvent) and event.event in _FINAL):
+                            break
+
+    async def watch(self, run_id: uuid.UUID | str) -> AsyncIterator[Event]:
+        """Typed events of one run: first a Snapshot of its state, then run/step events as they happen, ending
+        after the run completes or fails. After a lost connection, a fresh Snapshot is sent."""
+        rid = _as_uuid(run_id)
+        assert rid is not None
+        if not self.options.events:
+            raise ConfigurationError("watch() needs events: open the engine with events=True")
+        async with self._hub.subscribe(rid) as events:
+            run = await self._get_run(rid, with_states=True)
+            yield Snapshot(run)
+            if run.finished:
+                return
+            while True:
+                event = await events.receive()
+                if isinstance(event, _Resync):
+                    run = await self._get_run(rid, with_states=True)
+                    yield Snapshot(run)
+                    if run.finished:
+                        return
+                    continue
+                yield event
+                if isinstance(event, RunEvent) and event.event in _FINAL:
+                    return
+
+    # ---- flows ---------------------------------------------------------------------------------------------
+    async def list_flows(self) -> list[FlowInfo]:
+        """Every flow in the database with its options, steps and run counts."""
+        return await list_flows(self.db)
+
+    async def get_flow(self, flow: Any) -> FlowDef:
+        """The flow as the database holds it (by slug, class or FlowDef); FlowNotFound when absent."""
+        slug = flow if isinstance(flow, str) else definition_of(flow).slug
+        return await flow_from_database(self.db, slug)
+
+    async def flow_exists(self, flow: Any) -> bool:
+        slug = flow if isinstance(flow, str) else definition_of(flow).slug
+        return bool(
+            await self.db.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM pgflow.flows WHERE flow_slug = $1)", checked_slug(slug)
+            )
+        )
+
+    async def delete_flow(self, flow: Any, *, force: bool = False) -> dict[str, int]:
+        """DELETE a flow with all its runs, tasks and its queue. Refuses while live workers serve it unless
+        `force=True`. Returns how many rows went per table."""
+        slug = flow if isinstance(flow, str) else definition_of(flow).slug
+        return await delete_flow(self.db, slug, force=force, stale_after=self.options.stale_after)
+
+    async def upsert_flow(self, flow: Any, *, force: bool = False) -> str:
+        """Create a flow from plain data (a spec dict or FlowDef), or REPLACE a different flow of the same slug.
+
+        WARNING: replacing a flow DELETES ITS HISTORY: every run, step state and task of the old definition, and
+        its queue (pgflow flows are immutable). Returns 'created', 'replaced' or 'unchanged'."""
+        from ._spec import flow_from_spec
+
+        definition = flow_from_spec(flow, origin="upsert_flow") if isinstance(flow, Mapping) else definition_of(flow)
+        return await upsert_flow(self.db, definition, force=force, stale_after=self.options.stale_after)
+
+    async def health_check(self) -> Health:
+        """Database reachable, schema versions, live/stale workers and queue depth/oldest message per flow."""
+        return await health(self.db, stale_after=self.options.stale_after)
+
+    # ---- workers -------------------------------------------------------------------------------------------
+    async def serve(
+        self,
+        *targets: object,
+        options: WorkerOptions | None = None,
+        task_status: trio.TaskStatus[WorkerGroup] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Run workers for `targets` on this engine's database until stopped or cancelled (`nursery.start`)."""
+        if not targets:
+            raise DefinitionError("serve() needs at least one flow or job")
+        opts = options or WorkerOptions()
+        async with trio.open_nursery() as nursery:
+            workers = [Worker(self.db, target, opts) for target in targets]
+            for worker in workers:
+                await nursery.start(worker.run)
+            task_status.started(WorkerGroup(workers))
+
+
+@asynccontextmanager
+async def open_engine(dsn: str | None = None, **options: Any) -> AsyncIterator[Engine]:
+    """Connect to the pgflow database (`dsn`, else PGFLOW_DSN, else the embedded PostgreSQL) for the block."""
+    opts = engine_options(options)
+    async with unwrap_single_errors():
+        resolved = await resolve_dsn(dsn, data_dir=opts.data_dir)
+        async with open_database(resolved, max_size=opts.pool_size) as db, trio.open_nursery() as nursery:
+            if opts.check_schema:
+                status = await check(db)
+                if not status.ok:
+                    raise SchemaError(
+                        "the database schema is incomplete ("
+                        + "; ".join(status.problems)
+                        + f"): run `{INSTALL_COMMAND}`"
+                    )
+            engine = Engine(db, opts, nursery)
+            if opts.events:
+                await nursery.start(engine._hub.run, db)
+            try:
+                yield engine
+            finally:
+                nursery.cancel_scope.cancel()

@@ -1,0 +1,156 @@
+"""Managing flows in the database (list, get, delete, upsert) and checking health."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ._compile import compile_flow
+from ._db import Connection, Database
+from ._definition import FlowDef
+from ._records import FlowInfo, FlowInUse, FlowNotFound, Health, QueueHealth
+from ._runs import checked_slug
+from ._schema import check
+from ._spec import flow_from_spec
+from ._worker._registry import describe_differences, expected_shape, read_flow_shape
+
+_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended('pgflow_trio:flow:' || $1, 0))"
+
+
+async def list_flows(db: Database) -> list[FlowInfo]:
+    rows = await db.fetch(
+        """SELECT f.flow_slug, f.opt_max_attempts, f.opt_base_delay, f.opt_timeout, f.created_at,
+                  coalesce((SELECT array_agg(s.step_slug ORDER BY s.step_index) FROM pgflow.steps s
+                            WHERE s.flow_slug = f.flow_slug), '{}') AS steps,
+                  coalesce((SELECT jsonb_object_agg(status, n) FROM (SELECT status, count(*) AS n FROM pgflow.runs r
+                            WHERE r.flow_slug = f.flow_slug GROUP BY status) c), '{}')::text AS runs
+           FROM pgflow.flows f ORDER BY f.flow_slug"""
+    )
+    return [
+        FlowInfo(
+            slug=r["flow_slug"],
+            max_attempts=r["opt_max_attempts"],
+            base_delay=r["opt_base_delay"],
+            timeout=r["opt_timeout"],
+            steps=tuple(r["steps"]),
+            created_at=r["created_at"],
+            runs={k: int(v) for k, v in json.loads(r["runs"]).items()},
+        )
+        for r in rows
+    ]
+
+
+async def flow_from_database(db: Database, slug: str) -> FlowDef:
+    """The flow as the database holds it, as a FlowDef (plain data: no handlers, no types)."""
+    async with db.connection() as con:
+        actual = await read_flow_shape(con, checked_slug(slug))
+    if actual is None:
+        raise FlowNotFound(f"there is no flow {slug!r} in the database")
+    spec: dict[str, Any] = {"slug": slug, **actual["options"], "steps": []}
+    for step in actual["steps"]:
+        entry: dict[str, Any] = {"slug": step["slug"]}
+        if step["deps"]:
+            entry["deps"] = step["deps"]
+        if step["step_type"] == "map":
+            entry["step_type"] = "map"
+        for key in ("max_attempts", "base_delay", "timeout", "start_delay"):
+            if step[key] is not None:
+                entry[key] = step[key]
+        spec["steps"].append(entry)
+    return flow_from_spec(spec, origin="database")
+
+
+async def _live_workers(con: Connection, slug: str, stale_after: float) -> int:
+    count: int = await con.fetchval(
+        """SELECT count(*) FROM pgflow.workers WHERE queue_name = $1 AND deprecated_at IS NULL
+           AND last_heartbeat_at > clock_timestamp() - make_interval(secs => $2)""",
+        slug,
+        stale_after,
+    )
+    return count
+
+
+async def _delete(con: Connection, slug: str) -> dict[str, int]:
+    counts = {}
+    for table in ("step_tasks", "step_states", "runs", "deps", "steps"):
+        status = await con.execute(f"DELETE FROM pgflow.{table} WHERE flow_slug = $1", slug)
+        counts[table] = int(status.split()[-1])
+    await con.execute("DELETE FROM pgflow.workers WHERE queue_name = $1", slug)
+    await con.execute("DELETE FROM pgflow.flows WHERE flow_slug = $1", slug)
+    if await con.fetchval("SELECT EXISTS (SELECT 1 FROM pgmq.meta WHERE queue_name = $1)", slug):
+        await con.execute("SELECT pgmq.drop_queue($1)", slug)
+    return counts
+
+
+async def delete_flow(db: Database, slug: str, *, force: bool, stale_after: float) -> dict[str, int]:
+    """Delete a flow with its runs, tasks and queue. Refuses while live workers serve it unless `force`."""
+    async with db.transaction() as tx:
+        await tx.execute(_LOCK, checked_slug(slug))
+        if not await tx.fetchval("SELECT EXISTS (SELECT 1 FROM pgflow.flows WHERE flow_slug = $1)", slug):
+            raise FlowNotFound(f"there is no flow {slug!r} in the database")
+        live = await _live_workers(tx, slug, stale_after)
+        if live and not force:
+            raise FlowInUse(
+                f"{live} live worker(s) serve flow {slug!r}: stop them first, or delete anyway with force=True "
+                f"(CLI: --force); their tasks would fail"
+            )
+        return await _delete(tx, slug)
+
+
+async def upsert_flow(db: Database, flow: FlowDef, *, force: bool, stale_after: float) -> str:
+    """Create the flow, or replace a different one of the same slug. Returns 'created', 'replaced' or 'unchanged'.
+
+    Replacing DELETES the old flow's runs and tasks (pgflow flows are immutable)."""
+    async with db.transaction() as tx:
+        await tx.execute(_LOCK, flow.slug)
+        actual = await read_flow_shape(tx, flow.slug)
+        outcome = "created"
+        if actual is not None:
+            if not describe_differences(expected_shape(flow), actual):
+                return "unchanged"
+            live = await _live_workers(tx, flow.slug, stale_after)
+            if live and not force:
+                raise FlowInUse(f"{live} live worker(s) serve flow {flow.slug!r}: stop them or pass force=True")
+            await _delete(tx, flow.slug)
+            outcome = "replaced"
+        for statement in compile_flow(flow):
+            await tx.execute(statement)
+        return outcome
+
+
+async def health(db: Database, *, stale_after: float) -> Health:
+    """Database reachable, schema complete, and per queue: live/stale workers, depth, oldest message age."""
+    problems: list[str] = []
+    try:
+        status = await check(db)
+    except Exception as exc:  # noqa: BLE001 - health reports, it does not raise
+        return Health(False, f"unreachable: {exc}", None, None, None, (), (f"database unreachable: {exc}",))
+    problems.extend(status.problems)
+    queues: list[QueueHealth] = []
+    if status.core_version is not None:
+        rows = await db.fetch(
+            """SELECT f.flow_slug,
+                      (SELECT count(*) FROM pgflow.workers w WHERE w.queue_name = f.flow_slug AND w.deprecated_at IS NULL
+                        AND w.last_heartbeat_at > clock_timestamp() - make_interval(secs => $1)) AS alive,
+                      (SELECT count(*) FROM pgflow.workers w WHERE w.queue_name = f.flow_slug AND w.deprecated_at IS NULL
+                        AND w.last_heartbeat_at <= clock_timestamp() - make_interval(secs => $1)) AS stale,
+                      m.queue_length, m.oldest_msg_age_sec
+               FROM pgflow.flows f LEFT JOIN LATERAL pgmq.metrics(f.flow_slug) m ON TRUE
+               ORDER BY f.flow_slug""",
+            stale_after,
+        )
+        for r in rows:
+            queues.append(
+                QueueHealth(r["flow_slug"], r["alive"], r["stale"], r["queue_length"] or 0, r["oldest_msg_age_sec"])
+            )
+            if r["stale"]:
+                problems.append(f"queue {r['flow_slug']}: {r['stale']} worker(s) stopped heartbeating")
+    return Health(
+        ok=not status.problems,
+        database="reachable",
+        server_version=status.server_version,
+        core_version=status.core_version,
+        schema_version=status.schema_version,
+        queues=tuple(queues),
+        problems=tuple(problems),
+    )
