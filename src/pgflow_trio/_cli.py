@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
 import logging
 import os
 import signal
@@ -14,8 +16,14 @@ import trio
 
 from ._admin import check_schema, install_schema
 from ._compile import compile_flow
-from ._errors import PgflowError
+from ._demo import run_demo
+from ._engine import open_engine
+from ._errors import ConfigurationError, PgflowError
+from ._flow import definition_of
+from ._records import RunFailed, RunTimeout
 from ._schema import INSTALL_COMMAND, install_script
+from ._serde import structure
+from ._spec import load_spec_file
 from ._targets import load_object, load_target
 from ._worker import WorkerGroup, WorkerOptions, serve
 
@@ -76,6 +84,50 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env_float("PGFLOW_SHUTDOWN_GRACE", 10.0),
         help="seconds running tasks get to finish on stop (PGFLOW_SHUTDOWN_GRACE, default 10)",
     )
+
+    start = commands.add_parser("start", help="start a run; print its id, or its output with --wait")
+    start.add_argument("target", metavar="SLUG|TARGET", help="a flow slug, package.module:Attr or file.py:Attr")
+    start.add_argument("--input", required=True, help="the flow input as JSON")
+    start.add_argument("--wait", action="store_true", help="wait for the run and print its output")
+    start.add_argument("--timeout", type=float, help="with --wait: give up after this many seconds (exit 124)")
+    start.add_argument("--run-id", help="a UUID: starting the same id again returns the existing run")
+    _add_database_options(start)
+
+    runs = commands.add_parser("runs", help="inspect runs")
+    runs_commands = runs.add_subparsers(dest="runs_command", required=True)
+    runs_list = runs_commands.add_parser("list", help="runs, newest first")
+    runs_list.add_argument("--flow", help="only runs of this flow slug")
+    runs_list.add_argument("--status", choices=["started", "completed", "failed"])
+    runs_list.add_argument("--limit", type=int, default=20)
+    runs_list.add_argument("--cursor", help="the next-page cursor a previous listing printed")
+    _add_database_options(runs_list)
+    runs_show = runs_commands.add_parser("show", help="one run with the state of every step")
+    runs_show.add_argument("run_id")
+    _add_database_options(runs_show)
+
+    flows = commands.add_parser("flows", help="inspect and manage flows in the database")
+    flows_commands = flows.add_subparsers(dest="flows_command", required=True)
+    _add_database_options(flows_commands.add_parser("list", help="every flow with its steps and run counts"))
+    flows_show = flows_commands.add_parser("show", help="a flow's definition as the database holds it (as SQL)")
+    flows_show.add_argument("slug")
+    _add_database_options(flows_show)
+    flows_delete = flows_commands.add_parser("delete", help="DELETE a flow with ALL its runs, tasks and queue")
+    flows_delete.add_argument("slug")
+    flows_delete.add_argument("--force", action="store_true", help="even while live workers serve it")
+    _add_database_options(flows_delete)
+    flows_upsert = flows_commands.add_parser(
+        "upsert", help="create a flow from a JSON spec, or REPLACE it (DELETING the old flow's runs)"
+    )
+    flows_upsert.add_argument("spec", type=Path, help="a .json spec file")
+    flows_upsert.add_argument("--force", action="store_true", help="even while live workers serve it")
+    _add_database_options(flows_upsert)
+
+    health = commands.add_parser("health", help="database, schema, workers and queues; exit 1 when unhealthy")
+    _add_database_options(health)
+
+    demo = commands.add_parser("demo", help="run the order demo end to end (embedded PostgreSQL by default)")
+    demo.add_argument("--runs", type=int, default=20, help="how many runs to start (default 20)")
+    _add_database_options(demo)
 
     compile_ = commands.add_parser("compile", help="print the SQL that creates a flow (as @pgflow/dsl compiles it)")
     compile_.add_argument("target", help="package.module:Attr, path/to/file.py:Attr, or a .json spec file")
@@ -149,9 +201,118 @@ async def _worker(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _start(args: argparse.Namespace) -> int:
+    try:
+        data = json.loads(args.input)
+    except json.JSONDecodeError as exc:
+        raise ConfigurationError(f"--input is not valid JSON: {exc}") from exc
+    async with open_engine(args.dsn, data_dir=args.data_dir) as engine:
+        if ":" in args.target:
+            flow = definition_of(load_object(args.target))
+            value = structure(data, flow.input_type, what=f"--input for {flow.slug}") if flow.typed else data
+            handle = await engine.start(flow, value, run_id=args.run_id)
+        else:
+            handle = await engine.start(args.target, data, run_id=args.run_id)
+        print(handle.run_id)
+        if not args.wait:
+            return 0
+        raw = engine.handle(handle.run_id)
+        try:
+            output = await raw.result(timeout=args.timeout)
+        except RunFailed as exc:
+            print(f"failed: {exc}", file=sys.stderr)
+            return 1
+        except RunTimeout as exc:
+            print(str(exc), file=sys.stderr)
+            return 124
+        print(json.dumps(output, indent=2, sort_keys=True))
+        return 0
+
+
+def _when(value: datetime.datetime | None) -> str:
+    return value.isoformat(timespec="seconds") if value else "-"
+
+
+async def _runs(args: argparse.Namespace) -> int:
+    async with open_engine(args.dsn, data_dir=args.data_dir, events=False) as engine:
+        if args.runs_command == "list":
+            page = await engine.list_runs(flow=args.flow, status=args.status, limit=args.limit, cursor=args.cursor)
+            print(f"{'run_id':36}  {'flow':24}  {'status':9}  started")
+            for run in page.runs:
+                print(f"{run.run_id!s:36}  {run.flow_slug:24}  {run.status:9}  {_when(run.started_at)}")
+            if page.next_cursor:
+                print(f"more: --cursor {page.next_cursor}")
+            return 0
+        run = await engine.get_run_with_states(args.run_id)
+        print(f"run {run.run_id}  flow {run.flow_slug}  status {run.status}")
+        print(f"started {_when(run.started_at)}  completed {_when(run.completed_at)}  failed {_when(run.failed_at)}")
+        print(f"input  {json.dumps(run.input)}")
+        print(f"output {json.dumps(run.output)}")
+        for state in run.steps:
+            tasks = (
+                ""
+                if state.initial_tasks is None
+                else f" tasks {state.initial_tasks - (state.remaining_tasks or 0)}/{state.initial_tasks}"
+            )
+            error = f"  error: {state.error_message}" if state.error_message else ""
+            print(f"  step {state.step_slug:24} {state.status:9}{tasks}{error}")
+        return 0
+
+
+async def _flows(args: argparse.Namespace) -> int:
+    async with open_engine(args.dsn, data_dir=args.data_dir, events=False) as engine:
+        if args.flows_command == "list":
+            for info in await engine.list_flows():
+                counts = ", ".join(f"{k} {v}" for k, v in sorted(info.runs.items())) or "no runs"
+                print(f"{info.slug:32} steps: {', '.join(info.steps)}  ({counts})")
+            return 0
+        if args.flows_command == "show":
+            for statement in compile_flow(await engine.get_flow(args.slug)):
+                print(statement)
+            return 0
+        if args.flows_command == "delete":
+            deleted = await engine.delete_flow(args.slug, force=args.force)
+            print(f"DELETED flow {args.slug}: {deleted['runs']} runs, {deleted['step_tasks']} tasks, and its queue")
+            return 0
+        flow = load_spec_file(args.spec)
+        print(f"WARNING: replacing flow {flow.slug} deletes all of its runs and tasks", file=sys.stderr)
+        outcome = await engine.upsert_flow(flow, force=args.force)
+        print(f"flow {flow.slug}: {outcome}")
+        return 0
+
+
+async def _health(args: argparse.Namespace) -> int:
+    async with open_engine(args.dsn, data_dir=args.data_dir, events=False, check_schema=False) as engine:
+        report = await engine.health_check()
+    print(
+        f"database: {report.database}  server {report.server_version}  core {report.core_version}  "
+        f"schema {report.schema_version}"
+    )
+    for q in report.queues:
+        age = "-" if q.oldest_message_age is None else f"{q.oldest_message_age}s"
+        print(
+            f"  queue {q.queue:32} workers {q.workers_alive} alive, {q.workers_stale} stale; depth {q.depth}, oldest {age}"
+        )
+    for problem in report.problems:
+        print(f"problem: {problem}")
+    print("ok" if report.ok else "unhealthy")
+    return 0 if report.ok else 1
+
+
 async def _run(args: argparse.Namespace) -> int:
     if args.command == "worker":
         return await _worker(args)
+    if args.command == "start":
+        return await _start(args)
+    if args.command == "runs":
+        return await _runs(args)
+    if args.command == "flows":
+        return await _flows(args)
+    if args.command == "health":
+        return await _health(args)
+    if args.command == "demo":
+        completed = await run_demo(args.runs, args.dsn, args.data_dir)
+        return 0 if completed == args.runs else 1
     if args.command == "compile":
         flow, _ = load_target(args.target)
         for statement in compile_flow(flow):

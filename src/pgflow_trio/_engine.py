@@ -127,7 +127,7 @@ class RunHandle(Generic[Out]):
     def __repr__(self) -> str:
         return f"RunHandle({self.flow_slug!r}, {self.run_id})"
 
-    async def result(self, timeout: float | None = None) -> Out:
+    async def result(self, timeout: float | None = None) -> Out:  # noqa: ASYNC109 - the documented API
         """The run's output in the flow's output type; RunFailed if it failed, RunTimeout after `timeout` s."""
         with trio.move_on_after(math.inf if timeout is None else timeout) as scope:
             run = await self._engine._wait_finished(self.run_id)

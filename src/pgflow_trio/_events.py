@@ -3,6 +3,7 @@ each event to whoever watches that run. After a reconnect (events may be lost) w
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import uuid
@@ -108,10 +109,8 @@ class EventHub:
                 channel.send_nowait(event)
             except trio.WouldBlock:
                 # A slow watcher: drop the event but make it resync.
-                try:
+                with contextlib.suppress(trio.WouldBlock):
                     channel.send_nowait(_Resync())
-                except trio.WouldBlock:
-                    pass
             except trio.BrokenResourceError:
                 pass
 

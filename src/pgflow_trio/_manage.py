@@ -123,16 +123,18 @@ async def health(db: Database, *, stale_after: float) -> Health:
     problems: list[str] = []
     try:
         status = await check(db)
-    except Exception as exc:  # noqa: BLE001 - health reports, it does not raise
+    except Exception as exc:
         return Health(False, f"unreachable: {exc}", None, None, None, (), (f"database unreachable: {exc}",))
     problems.extend(status.problems)
     queues: list[QueueHealth] = []
     if status.core_version is not None:
         rows = await db.fetch(
             """SELECT f.flow_slug,
-                      (SELECT count(*) FROM pgflow.workers w WHERE w.queue_name = f.flow_slug AND w.deprecated_at IS NULL
+                      (SELECT count(*) FROM pgflow.workers w WHERE w.queue_name = f.flow_slug
+                        AND w.deprecated_at IS NULL
                         AND w.last_heartbeat_at > clock_timestamp() - make_interval(secs => $1)) AS alive,
-                      (SELECT count(*) FROM pgflow.workers w WHERE w.queue_name = f.flow_slug AND w.deprecated_at IS NULL
+                      (SELECT count(*) FROM pgflow.workers w WHERE w.queue_name = f.flow_slug
+                        AND w.deprecated_at IS NULL
                         AND w.last_heartbeat_at <= clock_timestamp() - make_interval(secs => $1)) AS stale,
                       m.queue_length, m.oldest_msg_age_sec
                FROM pgflow.flows f LEFT JOIN LATERAL pgmq.metrics(f.flow_slug) m ON TRUE

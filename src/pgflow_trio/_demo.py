@@ -1,0 +1,149 @@
+"""`python -m pgflow_trio demo`: the order example with a map step, end to end on the embedded PostgreSQL.
+
+Installs the schema when needed, runs workers in this process, starts a batch of runs, shows progress and each
+run's outcome, and ends with `N/N runs completed`.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import random
+import sys
+from pathlib import Path
+from typing import TextIO
+
+import attrs
+import trio
+
+from ._admin import install_schema
+from ._context import Context
+from ._dsn import resolve_dsn
+from ._engine import RunHandle, open_engine
+from ._flow import Flow, map_step, step
+from ._records import RunFailed
+from ._worker import WorkerOptions
+
+
+@attrs.frozen
+class Item:
+    sku: str
+    quantity: int
+    unit_cents: int
+
+
+@attrs.frozen
+class Order:
+    order_id: int
+    items: list[Item]
+
+
+@attrs.frozen
+class PricedLine:
+    sku: str
+    cents: int
+
+
+@attrs.frozen
+class Charge:
+    order_id: int
+    total_cents: int
+
+
+@attrs.frozen
+class Shipment:
+    order_id: int
+    lines: int
+    total_cents: int
+
+
+class DemoOrder(Flow[Order, Shipment], slug="pgflow_trio_demo_order", max_attempts=3, base_delay=1):
+    """validate -> price each line (map) -> charge -> fulfill."""
+
+    @step
+    async def validate(self, order: Order) -> list[Item]:
+        if not order.items:
+            raise ValueError(f"order {order.order_id} has no items")
+        return order.items
+
+    @map_step
+    async def price(self, item: Item, ctx: Context) -> PricedLine:
+        await trio.sleep(random.uniform(0.01, 0.05))  # pretend to call a pricing service
+        return PricedLine(item.sku, item.quantity * item.unit_cents)
+
+    @step
+    async def charge(self, order: Order, price: list[PricedLine], ctx: Context) -> Charge:
+        if ctx.attempt == 1 and order.order_id % 7 == 0:
+            raise ConnectionError("payment provider timed out")  # retried by pgflow
+        return Charge(order.order_id, sum(line.cents for line in price))
+
+    @step
+    async def fulfill(self, charge: Charge, price: list[PricedLine]) -> Shipment:
+        return Shipment(charge.order_id, len(price), charge.total_cents)
+
+
+def _order(order_id: int) -> Order:
+    rng = random.Random(order_id)
+    items = [
+        Item(f"sku-{rng.randint(100, 999)}", rng.randint(1, 3), rng.randint(100, 5000))
+        for _ in range(rng.randint(1, 4))
+    ]
+    return Order(order_id, items)
+
+
+async def run_demo(
+    runs: int = 20, dsn: str | None = None, data_dir: Path | None = None, out: TextIO = sys.stdout
+) -> int:
+    """Run the demo; returns the number of runs that completed."""
+    logging.getLogger("pgflow_trio.worker").setLevel(logging.CRITICAL)  # the simulated failures are expected
+    resolved = await resolve_dsn(dsn, data_dir=data_dir)
+    print("installing the schema (if needed)...", file=out)
+    await install_schema(resolved)
+    async with open_engine(resolved) as engine, trio.open_nursery() as nursery:
+        outcome = await engine.upsert_flow(DemoOrder)
+        if outcome != "unchanged":
+            print(f"flow {DemoOrder.__pgflow__.slug}: {outcome}", file=out)
+        group = await nursery.start(functools.partial(engine.serve, DemoOrder, options=WorkerOptions(concurrency=16)))
+        print(
+            f"starting {runs} runs of {DemoOrder.__pgflow__.slug} (validate -> price[map] -> charge -> fulfill)",
+            file=out,
+        )
+        handles: list[tuple[int, RunHandle[Shipment]]] = []
+        for order_id in range(1, runs + 1):
+            handles.append((order_id, await engine.start(DemoOrder, _order(order_id))))
+        done = 0
+        lines: list[str] = []
+
+        async def wait_one(order_id: int, handle: RunHandle[Shipment]) -> None:
+            nonlocal done
+            try:
+                shipment = await handle.result(timeout=120)
+                lines.append(
+                    f"  order {order_id:3}: completed, {shipment.lines} lines, {shipment.total_cents / 100:.2f} EUR"
+                )
+                done += 1
+            except RunFailed as exc:
+                lines.append(f"  order {order_id:3}: FAILED at {exc.step_slug}: {exc.error}")
+
+        async def progress() -> None:
+            while True:
+                print(f"  progress: {done}/{runs} completed", file=out, flush=True)
+                await trio.sleep(0.5)
+
+        async with trio.open_nursery() as waiting:
+            reporter = trio.CancelScope()
+
+            async def report() -> None:
+                with reporter:
+                    await progress()
+
+            waiting.start_soon(report)
+            async with trio.open_nursery() as results:
+                for order_id, handle in handles:
+                    results.start_soon(wait_one, order_id, handle)
+            reporter.cancel()
+        for line in sorted(lines):
+            print(line, file=out)
+        group.stop()
+    print(f"{done}/{runs} runs completed", file=out)
+    return done
