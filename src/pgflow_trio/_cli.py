@@ -291,7 +291,8 @@ async def _health(args: argparse.Namespace) -> int:
     for q in report.queues:
         age = "-" if q.oldest_message_age is None else f"{q.oldest_message_age}s"
         print(
-            f"  queue {q.queue:32} workers {q.workers_alive} alive, {q.workers_stale} stale; depth {q.depth}, oldest {age}"
+            f"  queue {q.queue:32} workers {q.workers_alive} alive, {q.workers_stale} stale; "
+            f"depth {q.depth}, oldest {age}"
         )
     for problem in report.problems:
         print(f"problem: {problem}")
