@@ -9,7 +9,7 @@ from typing import Any
 import attrs
 import trio
 
-from pgflow_trio import Context, Flow, map_step, step
+from pgflow_trio import Context, Flow, Job, map_step, step
 
 # In-process observations the tests read.
 calls: Counter[tuple[str, int]] = Counter()
@@ -138,3 +138,18 @@ class BadOutput(Flow[int, int], slug="bad_output", max_attempts=1):
     @step
     async def lie(self, n: int) -> int:
         return "not an int"  # type: ignore[return-value]
+
+
+class Broken(Flow[Order, int], slug="broken", max_attempts=1):
+    @step
+    async def validate(self, order: Order) -> int:
+        return order.order_id
+
+    @step
+    async def charge(self, validate: int) -> int:
+        raise ValueError(f"card declined for order {validate}")
+
+
+class Echo(Job[dict[str, Any], dict[str, Any]], queue="echo"):
+    async def perform(self, payload: dict[str, Any], ctx: Context) -> dict[str, Any]:
+        return {"echo": payload, "attempt": ctx.attempt}

@@ -1,0 +1,106 @@
+"""The engine's command line against real PostgreSQL: start, runs, flows, health, demo."""
+
+from __future__ import annotations
+
+import functools
+import json
+import uuid
+
+import trio
+
+from pgflow_trio import WorkerGroup, open_engine
+
+from . import flows
+from .helpers import FAST, cli
+
+
+async def _cli(*args: str) -> tuple[int, str, str]:
+    result = await trio.to_thread.run_sync(functools.partial(cli, *args))
+    return result.returncode, result.stdout, result.stderr
+
+
+async def test_start_wait_runs_and_flows_commands(dsn: str) -> None:
+    with trio.fail_after(120):
+        async with open_engine(dsn) as engine, trio.open_nursery() as nursery:
+            group: WorkerGroup = await nursery.start(
+                functools.partial(engine.serve, flows.Echo, flows.Broken, options=FAST)
+            )
+            code, out, err = await _cli("start", "echo", "--input", '{"a": 1}', "--wait", "--dsn", dsn)
+            assert code == 0, err
+            run_id, rest = out.split("\n", 1)
+            assert json.loads(rest) == {"perform": {"attempt": 1, "echo": {"a": 1}}}
+
+            code, out, err = await _cli(
+                "start", "tests/flows.py:Broken", "--input", '{"order_id": 5}', "--wait", "--dsn", dsn
+            )
+            assert code == 1
+            assert "failed at step 'charge': ValueError: card declined for order 5" in err
+
+            code, out, err = await _cli("start", "tests/flows.py:Broken", "--input", '{"order": 5}', "--dsn", dsn)
+            assert code == 2 and "required field missing @ $.order_id" in err
+
+            code, out, err = await _cli("start", "echo", "--input", "{nope", "--dsn", dsn)
+            assert code == 2 and "--input is not valid JSON" in err
+
+            code, out, err = await _cli("start", "missing_flow", "--input", "{}", "--dsn", dsn)
+            assert code == 2 and "there is no flow 'missing_flow'" in err
+
+            fixed = str(uuid.uuid4())
+            code, first, _ = await _cli("start", "echo", "--input", "{}", "--run-id", fixed, "--dsn", dsn)
+            code2, second, _ = await _cli("start", "echo", "--input", "{}", "--run-id", fixed, "--dsn", dsn)
+            assert code == code2 == 0 and first == second == fixed + "\n"
+
+            code, out, _ = await _cli("runs", "list", "--flow", "echo", "--dsn", dsn)
+            assert code == 0 and run_id in out
+            code, out, _ = await _cli("runs", "list", "--limit", "1", "--dsn", dsn)
+            assert code == 0 and "more: --cursor " in out
+            code, out, _ = await _cli("runs", "show", run_id, "--dsn", dsn)
+            assert code == 0 and "status completed" in out and "step perform" in out and "tasks 1/1" in out
+            code, _, err = await _cli("runs", "show", str(uuid.uuid4()), "--dsn", dsn)
+            assert code == 2 and "there is no run" in err
+
+            code, out, _ = await _cli("flows", "list", "--dsn", dsn)
+            assert code == 0 and "echo" in out and "broken" in out
+            code, out, _ = await _cli("flows", "show", "echo", "--dsn", dsn)
+            assert code == 0 and out.splitlines()[1] == "SELECT pgflow.add_step('echo', 'perform');"
+            code, _, err = await _cli("flows", "delete", "echo", "--dsn", dsn)
+            assert code == 2 and "live worker" in err
+            code, _, err = await _cli("health", "--dsn", dsn)
+            assert code == 0
+            group.stop()
+        code, out, err = await _cli("flows", "delete", "echo", "--force", "--dsn", dsn)
+        assert code == 0 and out.startswith("DELETED flow echo:"), err
+
+
+async def test_start_wait_timeout_exits_124(dsn: str) -> None:
+    with trio.fail_after(60):
+        async with open_engine(dsn) as engine:
+            await engine.upsert_flow(flows.Echo)
+        code, _, err = await _cli("start", "echo", "--input", "{}", "--wait", "--timeout", "0.3", "--dsn", dsn)
+    assert code == 124 and "did not finish within 0.3s" in err
+
+
+async def test_flows_upsert_warns_that_history_is_deleted(dsn: str, tmp_path: object) -> None:
+    import pathlib
+
+    spec = pathlib.Path(str(tmp_path)) / "flow.json"
+    spec.write_text(json.dumps({"slug": "from_cli", "steps": [{"slug": "a"}]}))
+    code, out, err = await _cli("flows", "upsert", str(spec), "--dsn", dsn)
+    assert code == 0 and out.strip() == "flow from_cli: created"
+    assert "WARNING: replacing flow from_cli deletes all of its runs" in err
+
+
+async def test_health_fails_on_an_empty_database(empty_dsn: str) -> None:
+    code, out, _ = await _cli("health", "--dsn", empty_dsn)
+    assert code == 1
+    assert "problem: pgmq is not installed" in out and out.rstrip().endswith("unhealthy")
+
+
+async def test_demo(empty_dsn: str) -> None:
+    with trio.fail_after(120):
+        code, out, err = await _cli("demo", "--runs", "8", "--dsn", empty_dsn)
+    assert code == 0, out + err
+    lines = out.strip().splitlines()
+    assert lines[-1] == "8/8 runs completed"
+    assert sum(1 for line in lines if ": completed," in line) == 8
+    assert any(line.startswith("  order   7: completed") for line in lines)  # failed once, retried
