@@ -278,7 +278,7 @@ class Engine(_Starter):
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[EngineTransaction]:
         """`async with engine.transaction() as tx:` then `tx.start(...)`, `tx.execute(...)`: one transaction."""
-        async with self.db.transaction() as connection:
+        async with self.db.transaction(user_sql=True) as connection:
             yield EngineTransaction(self, connection)
 
     # ---- runs ----------------------------------------------------------------------------------------------

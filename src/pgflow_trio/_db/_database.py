@@ -97,8 +97,12 @@ class Database:
         return await self.run(lambda c: c.fetchval(sql, *args))
 
     @asynccontextmanager
-    async def connection(self) -> AsyncIterator[Connection]:
-        """Hold one pooled connection; it is released (shielded) when the block ends."""
+    async def connection(self, *, user_sql: bool = False) -> AsyncIterator[Connection]:
+        """Hold one pooled connection; it is released (shielded) when the block ends.
+
+        Pooled connections are not reset on release (that would cost a round trip per query): our own SQL leaves
+        no session state. Pass `user_sql=True` when arbitrary SQL may run on it (SET, LISTEN, session locks): the
+        connection is then fully reset before it goes back."""
         pool = self._pool
 
         async def acquire() -> RawConnection:
@@ -109,12 +113,14 @@ class Database:
             yield Connection(self, raw)
         finally:
             with trio.CancelScope(shield=True):
-                await self._release(raw)
+                await self._release(raw, full_reset=user_sql)
 
-    async def _release(self, raw: RawConnection) -> None:
+    async def _release(self, raw: RawConnection, *, full_reset: bool = False) -> None:
         pool = self._pool
 
         async def release() -> None:
+            if full_reset and not raw.is_closed() and not raw.is_in_transaction():
+                await raw.execute(raw.get_reset_query())
             await pool.release(raw, timeout=_CLEANUP_SECONDS)
 
         try:
@@ -124,12 +130,12 @@ class Database:
             raw.terminate()
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[Connection]:
+    async def transaction(self, *, user_sql: bool = False) -> AsyncIterator[Connection]:
         """A transaction on one connection: committed when the block exits normally, else rolled back (shielded).
 
         It is asyncpg's own transaction, so `RawConnection.transaction()` inside `Connection.run` nests as a
         savepoint."""
-        async with self.connection() as conn:
+        async with self.connection(user_sql=user_sql) as conn:
             xact = conn._raw.transaction()
             await self._cross(xact.start())
             try:
@@ -155,7 +161,7 @@ async def open_database(dsn: str, *, min_size: int = 1, max_size: int = 10) -> A
     async with unwrap_single_errors(), trio_asyncio.open_loop() as loop:
 
         async def create() -> asyncpg.Pool[asyncpg.Record]:
-            return await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size)
+            return await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, reset=_keep_session)
 
         with mapped_errors():
             pool = await loop.run_aio_coroutine(create())
@@ -164,6 +170,10 @@ async def open_database(dsn: str, *, min_size: int = 1, max_size: int = 10) -> A
         finally:
             with trio.CancelScope(shield=True):
                 await _close_pool(loop, pool)
+
+
+async def _keep_session(raw: object) -> None:
+    """Pool reset hook: asyncpg has already rolled back any open transaction; skip the reset query round trip."""
 
 
 async def _close_pool(loop: trio_asyncio.TrioEventLoop, pool: asyncpg.Pool[asyncpg.Record]) -> None:

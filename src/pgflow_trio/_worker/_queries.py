@@ -8,7 +8,7 @@ from typing import Any
 
 import attrs
 
-from .._db import RawConnection
+from .._db import RawConnection, Record
 
 
 @attrs.frozen
@@ -27,7 +27,7 @@ class ClaimedTask:
 @attrs.frozen
 class ReadResult:
     tasks: list[ClaimedTask]
-    read: int  # messages read (some may not start: their run failed, or another worker started them)
+    read: int  # tasks started from the messages read
     next_visible_in: float | None  # seconds until the next invisible message becomes visible, if asked
 
 
@@ -35,16 +35,8 @@ def _queue_table(queue: str) -> str:
     return f'pgmq."q_{queue}"'  # queue = a validated flow slug ([a-zA-Z][a-zA-Z0-9_]*)
 
 
-async def _claim(con: RawConnection, queue: str, msg_ids: list[int], worker_id: uuid.UUID) -> list[ClaimedTask]:
-    if not msg_ids:
-        return []
-    rows = await con.fetch(
-        "SELECT run_id, step_slug, task_index, msg_id, input::text AS input "
-        "FROM pgflow.start_tasks($1, $2::bigint[], $3::uuid)",
-        queue,
-        msg_ids,
-        worker_id,
-    )
+async def _details(con: RawConnection, rows: list[Record]) -> list[ClaimedTask]:
+    """Attempt numbers and run inputs of tasks start_tasks just returned (a second statement, so it sees them)."""
     if not rows:
         return []
     extra = await con.fetch(
@@ -85,9 +77,19 @@ async def read_and_claim(
     poll_interval_ms: int,
     want_next_visible: bool,
 ) -> ReadResult:
-    """Read up to `qty` messages (long-polling on the server when `poll_seconds` is set) and start their tasks."""
+    """Read up to `qty` messages and start their tasks, then fetch their attempt numbers.
+
+    Notify mode reads with `pgmq.read` inside the `pgflow.start_tasks(...)` call: one statement. Poll mode must
+    long-poll (`pgmq.read_with_poll`) in a statement of its own: start_tasks stamps `started_at = now()`, the start
+    of its transaction, which must not precede the task's `queued_at` (a check constraint)."""
+    claim = (
+        "SELECT run_id, step_slug, task_index, msg_id, input::text AS input "
+        "FROM pgflow.start_tasks($1, {ids}, $2::uuid)"
+    )
     if poll_seconds is None:
-        ids = await con.fetch("SELECT msg_id FROM pgmq.read($1, $2, $3)", queue, visibility, qty)
+        rows = await con.fetch(
+            claim.format(ids="ARRAY(SELECT msg_id FROM pgmq.read($1, $3, $4))"), queue, worker_id, visibility, qty
+        )
     else:
         ids = await con.fetch(
             "SELECT msg_id FROM pgmq.read_with_poll($1, $2, $3, $4, $5)",
@@ -97,20 +99,34 @@ async def read_and_claim(
             max(1, int(poll_seconds)),
             poll_interval_ms,
         )
-    tasks = await _claim(con, queue, [r[0] for r in ids], worker_id)
+        rows = await con.fetch(claim.format(ids="$3::bigint[]"), queue, worker_id, [r[0] for r in ids]) if ids else []
+    tasks = await _details(con, rows)
     next_visible = None
-    if want_next_visible and not ids:
+    if want_next_visible and not rows:
         next_visible = await con.fetchval(
             f"SELECT extract(epoch FROM min(vt) - clock_timestamp())::float8 FROM {_queue_table(queue)} "
             "WHERE vt > clock_timestamp()"
         )
-    return ReadResult(tasks, len(ids), next_visible)
+    return ReadResult(tasks, len(rows), next_visible)
 
 
 async def complete(con: RawConnection, *, task: ClaimedTask, payload: str) -> None:
     """pgflow.complete_task with the output as JSON text (null stays JSON null, falsy values keep their value)."""
     await con.execute(
         "SELECT pgflow.complete_task($1, $2, $3, $4::jsonb)", task.run_id, task.step_slug, task.task_index, payload
+    )
+
+
+async def complete_many(con: RawConnection, *, tasks: list[ClaimedTask], payloads: list[str]) -> None:
+    """pgflow.complete_task for several tasks in one statement (one transaction); each call sees the previous."""
+    await con.execute(
+        """SELECT count(*) FROM unnest($1::uuid[], $2::text[], $3::int[], $4::text[]) WITH ORDINALITY
+                AS t(run_id, step_slug, task_index, output, n),
+           LATERAL pgflow.complete_task(t.run_id, t.step_slug, t.task_index, t.output::jsonb) AS c""",
+        [t.run_id for t in tasks],
+        [t.step_slug for t in tasks],
+        [t.task_index for t in tasks],
+        payloads,
     )
 
 

@@ -14,7 +14,7 @@ import random
 import traceback
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 import trio
@@ -26,8 +26,9 @@ from .._errors import ConnectionLost, DatabaseError, PgflowError
 from .._execute import call_handler, instantiate
 from .._flow import definition_of
 from .._serde import to_json, unstructure
+from ._completer import Completer
 from ._options import WorkerOptions
-from ._queries import ClaimedTask, complete, fail, read_and_claim, release
+from ._queries import ClaimedTask, fail, read_and_claim, release
 from ._registry import ensure_flow
 
 log = logging.getLogger("pgflow_trio.worker")
@@ -98,6 +99,7 @@ class Worker:
         self._intake = trio.CancelScope()
         self._stopping = False
         self._timeouts: dict[str, int] = {}
+        self._completer = Completer(db)
 
     # ---- control -------------------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -129,6 +131,7 @@ class Worker:
                 services.start_soon(self._heartbeat_loop)
                 services.start_soon(self._recovery_loop)
                 services.start_soon(self._extend_loop)
+                services.start_soon(self._completer.run)
                 if signal == "notify":
                     await services.start(self._notify_loop)
                 async with trio.open_nursery() as tasks:
@@ -195,9 +198,14 @@ class Worker:
 
     # ---- reading -------------------------------------------------------------------------------------------
     async def _wait_for_capacity(self) -> int:
-        while (free := self.options.concurrency - len(self._running)) <= 0:
+        """Free slots to read for: any when idle; while tasks run, at least half a batch, so that one slot freed
+        at a time does not turn into one read (three round trips) per message."""
+        batch = min(self.options.batch_size, self.options.concurrency)
+        while True:
+            free = self.options.concurrency - len(self._running)
+            if free >= max(1, batch // 2) or (free > 0 and not self._running):
+                return free
             await self._capacity_changed.wait()
-        return free
 
     def _capacity_update(self) -> None:
         self._capacity_changed.set()
@@ -302,7 +310,7 @@ class Worker:
                     "".join(traceback.format_exception(exc)).rstrip(),
                 )
                 self.stats.failed += 1
-                await self._report(fail, task, _error_text(exc))
+                await self._report("fail", task, _error_text(exc))
                 return
             if deadline.cancelled_caught:
                 log.warning(
@@ -315,16 +323,16 @@ class Worker:
                 )
                 self.stats.timed_out += 1
                 await self._report(
-                    fail, task, f"TimeoutError: step {task.step_slug!r} exceeded its timeout of {timeout}s"
+                    "fail", task, f"TimeoutError: step {task.step_slug!r} exceeded its timeout of {timeout}s"
                 )
                 return
             try:
                 output_json = to_json(output, what=f"output of step {self.flow.slug}.{task.step_slug}")
             except PgflowError as exc:
                 self.stats.failed += 1
-                await self._report(fail, task, _error_text(exc))
+                await self._report("fail", task, _error_text(exc))
                 return
-            await self._report(complete, task, output_json)
+            await self._report("complete", task, output_json)
             self.stats.completed += 1
         except trio.Cancelled:
             with trio.CancelScope(shield=True):
@@ -340,33 +348,28 @@ class Worker:
             return unstructure(result, what=f"output of step {self.flow.slug}.{slug}")
         return await call_handler(self.flow, self.flow.step(slug), self.served.instance, task.input, ctx)
 
-    async def _report(self, action: Callable[..., Awaitable[None]], task: ClaimedTask, payload: str) -> None:
-        """complete_task / fail_task, retried while the connection is down; recovery covers what still fails."""
+    async def _report(self, kind: Literal["complete", "fail"], task: ClaimedTask, payload: str) -> None:
+        """complete_task (batched) or fail_task, retried while the connection is down; a complete_task the
+        database rejects becomes a fail_task with its error. Recovery covers whatever still fails."""
         delay = 0.1
+        where = f"{task.run_id}/{task.step_slug}[{task.task_index}]"
         for attempt in range(6):
             try:
-                await self.db.run(functools.partial(action, task=task, payload=payload))
+                if kind == "complete":
+                    await self._completer.complete(task, payload)
+                else:
+                    await self.db.run(functools.partial(fail, task=task, payload=payload))
                 return
             except ConnectionLost as exc:
-                log.warning(
-                    "reporting task %s/%s[%d] failed (%s); retry %d",
-                    task.run_id,
-                    task.step_slug,
-                    task.task_index,
-                    exc,
-                    attempt + 1,
-                )
+                log.warning("reporting task %s failed (%s); retry %d", where, exc, attempt + 1)
                 await trio.sleep(delay)
                 delay = min(delay * 2, 2.0)
             except DatabaseError as exc:
-                if action is fail:
-                    log.error("fail_task for %s/%s[%d] failed: %s", task.run_id, task.step_slug, task.task_index, exc)
+                log.error("%s_task for %s failed: %s", kind, where, exc)
+                if kind == "fail":
                     return
-                log.error("complete_task for %s/%s[%d] failed: %s", task.run_id, task.step_slug, task.task_index, exc)
-                action, payload = fail, f"complete_task failed: {exc}"[:_ERROR_LIMIT]
-        log.error(
-            "gave up reporting task %s/%s[%d]; recovery will requeue it", task.run_id, task.step_slug, task.task_index
-        )
+                kind, payload = "fail", f"complete_task failed: {exc}"[:_ERROR_LIMIT]
+        log.error("gave up reporting task %s; recovery will requeue it", where)
 
     async def _release(self, task: ClaimedTask) -> None:
         try:
