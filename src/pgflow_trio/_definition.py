@@ -6,11 +6,14 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 
 from ._errors import PgflowError
+
+if TYPE_CHECKING:
+    from ._schedule import ScheduleDef
 
 StepType = Literal["single", "map"]
 ResultMode = Literal["raw", "leaf", "record"]
@@ -100,6 +103,7 @@ class FlowDef:
     origin: str = ""
     is_job: bool = False
     typed: bool = False
+    schedules: tuple[ScheduleDef, ...] = ()
 
     def step(self, slug: str) -> StepDef:
         for candidate in self.steps:

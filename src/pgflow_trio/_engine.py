@@ -15,7 +15,7 @@ import attrs
 import trio
 
 from ._db import Connection, Database, Record, open_database
-from ._definition import DefinitionError, FlowDef
+from ._definition import FlowDef
 from ._dsn import resolve_dsn
 from ._errors import ConfigurationError, SchemaError
 from ._events import Event, EventHub, RunEvent, Snapshot, _Resync
@@ -27,8 +27,7 @@ from ._runs import checked_slug, failure_of, fetch_run, list_runs, start_run
 from ._schema import CORE_VERSION, INSTALL_COMMAND, check
 from ._serde import to_json
 from ._util import unwrap_single_errors
-from ._worker import WorkerGroup, WorkerOptions
-from ._worker._worker import Worker
+from ._worker import WorkerGroup, WorkerOptions, run_workers
 
 In = TypeVar("In")
 Out = TypeVar("Out")
@@ -421,14 +420,7 @@ class Engine(_Starter):
         task_status: trio.TaskStatus[WorkerGroup] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Run workers for `targets` on this engine's database until stopped or cancelled (`nursery.start`)."""
-        if not targets:
-            raise DefinitionError("serve() needs at least one flow or job")
-        opts = options or WorkerOptions()
-        async with trio.open_nursery() as nursery:
-            workers = [Worker(self.db, target, opts) for target in targets]
-            for worker in workers:
-                await nursery.start(worker.run)
-            task_status.started(WorkerGroup(workers))
+        await run_workers(self.db, targets, options or WorkerOptions(), task_status=task_status)
 
 
 @asynccontextmanager

@@ -14,7 +14,7 @@ import inspect
 import re
 import sys
 import typing
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, ClassVar, Generic, TypeVar, cast, get_args, get_origin, overload
 
 import attrs
@@ -31,6 +31,8 @@ from ._definition import (
     StepType,
     build_flow,
 )
+from ._execute import encode_input
+from ._schedule import Schedule, make_schedules
 
 In = TypeVar("In")
 Out = TypeVar("Out")
@@ -304,6 +306,11 @@ def _origin(cls: type) -> str:
     return cls.__qualname__.rpartition("<locals>.")[2]
 
 
+def _with_schedules(flow: FlowDef, cron: object) -> FlowDef:
+    schedules = make_schedules(flow.slug, cron, flow.origin, lambda value: encode_input(flow, value))
+    return attrs.evolve(flow, schedules=schedules)
+
+
 def _define_flow(cls: type, slug: str | None, options: Options, localns: dict[str, Any]) -> FlowDef:
     origin = _origin(cls)
     args = _generic_args(cls, Flow)
@@ -341,7 +348,8 @@ class Definition(Generic[In, Out]):
 class Flow(Definition[In, Out]):
     """Base class of typed flows: `class ProcessOrder(Flow[OrderInput, Receipt], max_attempts=3): ...`.
 
-    Class keywords: `slug` (default: the class name in snake_case), `max_attempts`, `base_delay`, `timeout`.
+    Class keywords: `slug` (default: the class name in snake_case), `max_attempts`, `base_delay`, `timeout`,
+    `cron` (a cron string or `Schedule(expression, input=...)`, or a list of named ones).
     A flow class may be an attrs class holding the services its steps use; workers call its steps on an instance.
     """
 
@@ -354,13 +362,15 @@ class Flow(Definition[In, Out]):
         max_attempts: int | None = None,
         base_delay: int | None = None,
         timeout: int | None = None,
+        cron: str | Schedule | Sequence[Schedule] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init_subclass__(**kwargs)
         if "__pgflow__" in cls.__dict__:
             return  # attrs rebuilt the class; the definition is already resolved
         localns = dict(sys._getframe(1).f_locals)
-        cls.__pgflow__ = _define_flow(cls, slug, Options(max_attempts, base_delay, timeout), localns)
+        flow = _define_flow(cls, slug, Options(max_attempts, base_delay, timeout), localns)
+        cls.__pgflow__ = _with_schedules(flow, cron)
 
 
 def _define_job(cls: type, queue: str | None, options: Options, localns: dict[str, Any]) -> FlowDef:
@@ -399,7 +409,7 @@ class Job(Definition[In, Out]):
     with `async def perform(self, email: Email, ctx: Context) -> None`.
 
     Class keywords: `queue` (the flow slug; default: the class name in snake_case), `max_attempts`, `base_delay`,
-    `timeout`.
+    `timeout`, `cron`.
     """
 
     __pgflow__: ClassVar[FlowDef]
@@ -411,13 +421,15 @@ class Job(Definition[In, Out]):
         max_attempts: int | None = None,
         base_delay: int | None = None,
         timeout: int | None = None,
+        cron: str | Schedule | Sequence[Schedule] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init_subclass__(**kwargs)
         if "__pgflow__" in cls.__dict__:
             return
         localns = dict(sys._getframe(1).f_locals)
-        cls.__pgflow__ = _define_job(cls, queue, Options(max_attempts, base_delay, timeout), localns)
+        job = _define_job(cls, queue, Options(max_attempts, base_delay, timeout), localns)
+        cls.__pgflow__ = _with_schedules(job, cron)
 
     async def perform(self, input: In, ctx: Context) -> Out:
         """Override: the job's work."""

@@ -14,9 +14,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ._definition import DefinitionError, FlowDef, Options, StepDef, build_flow
+import attrs
 
-_FLOW_KEYS = {"slug", "max_attempts", "base_delay", "timeout", "steps"}
+from ._definition import DefinitionError, FlowDef, Options, StepDef, build_flow
+from ._schedule import Schedule, make_schedules
+
+_FLOW_KEYS = {"slug", "max_attempts", "base_delay", "timeout", "steps", "cron"}
+_CRON_KEYS = {"schedule", "input", "name", "timezone", "catch_up"}
 _STEP_KEYS = {"slug", "deps", "step_type", "max_attempts", "base_delay", "timeout", "start_delay"}
 
 
@@ -55,7 +59,36 @@ def flow_from_spec(data: object, *, origin: str = "spec") -> FlowDef:
         options = _options(step, ("max_attempts", "base_delay", "timeout", "start_delay"))
         steps.append(StepDef(slug=step["slug"], step_type=step_type, deps=tuple(deps), options=options))
     options = _options(data, ("max_attempts", "base_delay", "timeout"))
-    return build_flow(data["slug"], steps, options=options, origin=origin)
+    flow = build_flow(data["slug"], steps, options=options, origin=origin)
+    cron = _cron(data.get("cron"), origin)
+    return attrs.evolve(flow, schedules=make_schedules(flow.slug, cron, origin, lambda value: value))
+
+
+def _cron(raw: object, origin: str) -> list[Schedule] | None:
+    if raw is None:
+        return None
+    items = raw if isinstance(raw, list) else [raw]
+    out = []
+    for index, item in enumerate(items):
+        where = f"$.cron[{index}]" if isinstance(raw, list) else "$.cron"
+        if isinstance(item, str):
+            out.append(Schedule(item))
+            continue
+        if not isinstance(item, Mapping) or "schedule" not in item:
+            raise DefinitionError(f"{origin}: {where} must be a cron string or an object with a schedule")
+        unknown = sorted(set(item) - _CRON_KEYS)
+        if unknown:
+            raise DefinitionError(f"{origin}: {where} has unknown keys {unknown}; allowed: {sorted(_CRON_KEYS)}")
+        out.append(
+            Schedule(
+                item["schedule"],
+                input=item.get("input"),
+                name=item.get("name"),
+                timezone=item.get("timezone", "UTC"),
+                catch_up=item.get("catch_up", "skip"),
+            )
+        )
+    return out
 
 
 def load_spec_file(path: Path) -> FlowDef:

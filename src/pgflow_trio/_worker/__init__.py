@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import trio
 
-from .._db import open_database
+from .._db import Database, open_database
+from .._definition import DefinitionError
 from .._dsn import resolve_dsn
 from .._util import unwrap_single_errors
 from ._options import Signal, WorkerOptions
@@ -16,14 +17,48 @@ from ._worker import RawHandler, Served, Worker, WorkerStats, served
 
 
 class WorkerGroup:
-    """The workers `serve` runs; `stop()` drains them all."""
+    """The workers `serve` runs; `stop()` drains them all (and stops the process's scheduler)."""
 
-    def __init__(self, workers: Sequence[Worker]) -> None:
+    def __init__(self, workers: Sequence[Worker], on_stop: Callable[[], None] | None = None) -> None:
         self.workers = tuple(workers)
+        self._on_stop = on_stop
 
     def stop(self) -> None:
         for worker in self.workers:
             worker.stop()
+        if self._on_stop is not None:
+            self._on_stop()
+
+
+async def run_workers(
+    db: Database,
+    targets: Sequence[object],
+    options: WorkerOptions,
+    *,
+    task_status: trio.TaskStatus[WorkerGroup] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Workers for `targets` on `db`, plus schedule sync and the built-in scheduler, until stopped or cancelled."""
+    from .._cron import Scheduler, sync_schedules
+
+    if not targets:
+        raise DefinitionError("serve() needs at least one flow or job")
+    workers = [Worker(db, target, options) for target in targets]
+    scheduling = trio.CancelScope()
+
+    async def schedule() -> None:
+        with scheduling:
+            await Scheduler(db, grace=options.scheduler_grace).run()
+
+    async with trio.open_nursery() as services:
+        if options.scheduler:
+            services.start_soon(schedule)
+        async with trio.open_nursery() as nursery:
+            for worker in workers:
+                await nursery.start(worker.run)
+            if options.sync_schedules:
+                await sync_schedules(db, [w.flow for w in workers])
+            task_status.started(WorkerGroup(workers, on_stop=scheduling.cancel))
+        scheduling.cancel()  # every worker has stopped (stop(), or deprecated by the database)
 
 
 async def serve(
@@ -43,12 +78,9 @@ async def serve(
         raise ValueError("serve() needs at least one flow or job")
     async with unwrap_single_errors():
         resolved = await resolve_dsn(dsn, data_dir=data_dir)
-        pool_size = min(100, len(prepared) * (opts.concurrency + 4))
-        async with open_database(resolved, max_size=pool_size) as db, trio.open_nursery() as nursery:
-            workers = [Worker(db, s, opts) for s in prepared]
-            for worker in workers:
-                await nursery.start(worker.run)
-            task_status.started(WorkerGroup(workers))
+        pool_size = min(100, len(prepared) * (opts.concurrency + 4) + 2)
+        async with open_database(resolved, max_size=pool_size) as db:
+            await run_workers(db, prepared, opts, task_status=task_status)
 
 
 __all__ = [
@@ -61,5 +93,6 @@ __all__ = [
     "WorkerOptions",
     "WorkerStats",
     "ensure_flow",
+    "run_workers",
     "serve",
 ]

@@ -57,6 +57,12 @@ class WorkerOptions:
     """Extend a running task's visibility when less than this remains."""
     register_flow: bool = True
     """Create the flow in the database when it is absent (refuse to start when it differs)."""
+    sync_schedules: bool = True
+    """At start, make the database's cron schedules of the served flows match the code (pg_cron or built-in)."""
+    scheduler: bool = True
+    """Run the built-in cron scheduler in this process (one process leads; the others stand by)."""
+    scheduler_grace: float = attrs.field(default=60.0, validator=_positive)
+    """Missed ticks younger than this always fire (e.g. across a leader change); older ones follow catch_up."""
 
     def __attrs_post_init__(self) -> None:
         if self.poll_min > self.poll_max:
