@@ -42,6 +42,7 @@ from ._records import RunNotFound as RunNotFound
 from ._records import RunPage as RunPage
 from ._records import RunTimeout as RunTimeout
 from ._records import StepState as StepState
+from ._schedule import Schedule as Schedule
 from ._schema import CORE_VERSION as CORE_VERSION
 from ._schema import InstallReport as InstallReport
 from ._schema import SchemaStatus as SchemaStatus

@@ -16,6 +16,8 @@ import trio
 
 from ._admin import check_schema, install_schema
 from ._compile import compile_flow
+from ._cron import list_schedules, sync_schedules
+from ._db import open_database
 from ._demo import run_demo
 from ._engine import open_engine
 from ._errors import ConfigurationError, PgflowError
@@ -124,6 +126,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     health = commands.add_parser("health", help="database, schema, workers and queues; exit 1 when unhealthy")
     _add_database_options(health)
+
+    cron = commands.add_parser("cron", help="cron schedules of flows and jobs")
+    cron_commands = cron.add_subparsers(dest="cron_command", required=True)
+    cron_sync = cron_commands.add_parser("sync", help="make the database's schedules match the code's")
+    cron_sync.add_argument("targets", nargs="+", metavar="TARGET", help="package.module:Attr, file.py:Attr, spec.json")
+    cron_sync.add_argument(
+        "--backend",
+        choices=["auto", "builtin", "pg_cron"],
+        default="auto",
+        help="auto: pg_cron when installed, else the built-in scheduler",
+    )
+    cron_sync.add_argument("--cron-dsn", help="the database where pg_cron is installed (default: --dsn)")
+    cron_sync.add_argument("--prune", action="store_true", help="also remove schedules of flows not given")
+    _add_database_options(cron_sync)
+    cron_list = cron_commands.add_parser("list", help="schedules, next fire times, last run, drift from the code")
+    cron_list.add_argument("targets", nargs="*", metavar="TARGET", help="compare with these definitions")
+    _add_database_options(cron_list)
 
     demo = commands.add_parser("demo", help="run the order demo end to end (embedded PostgreSQL by default)")
     demo.add_argument("--runs", type=int, default=20, help="how many runs to start (default 20)")
@@ -281,6 +300,35 @@ async def _flows(args: argparse.Namespace) -> int:
         return 0
 
 
+async def _cron(args: argparse.Namespace) -> int:
+    flows = [load_target(target)[0] for target in args.targets]
+    async with open_engine(args.dsn, data_dir=args.data_dir, events=False) as engine:
+        if args.cron_command == "list":
+            for item in await list_schedules(engine.db, flows):
+                upcoming = ", ".join(t.isoformat(timespec="seconds") for t in item.next_ticks) or "-"
+                last = (
+                    f"{_when(item.last_tick)} run {item.last_run_id} ({item.last_run_status})"
+                    if item.last_tick
+                    else "never"
+                )
+                print(f"{item.name}  [{item.backend}]  {item.expression} {item.timezone}  catch_up={item.catch_up}")
+                print(f"    next: {upcoming}")
+                print(f"    last: {last}")
+                for line in item.drift:
+                    print(f"    drift: {line}")
+            return 0
+        if args.cron_dsn:
+            async with open_database(args.cron_dsn, max_size=2) as cron_db:
+                report = await sync_schedules(engine.db, flows, backend=args.backend, cron_db=cron_db, prune=args.prune)
+        else:
+            report = await sync_schedules(engine.db, flows, backend=args.backend, prune=args.prune)
+    print(f"backend: {report.backend}")
+    for what in ("created", "updated", "removed", "unchanged"):
+        for name in getattr(report, what):
+            print(f"  {what} {name}")
+    return 0
+
+
 async def _health(args: argparse.Namespace) -> int:
     async with open_engine(args.dsn, data_dir=args.data_dir, events=False, check_schema=False) as engine:
         report = await engine.health_check()
@@ -311,6 +359,8 @@ async def _run(args: argparse.Namespace) -> int:
         return await _flows(args)
     if args.command == "health":
         return await _health(args)
+    if args.command == "cron":
+        return await _cron(args)
     if args.command == "demo":
         completed = await run_demo(args.runs, args.dsn, args.data_dir)
         return 0 if completed == args.runs else 1

@@ -1,0 +1,352 @@
+"""Cron schedules: validation, wall-clock tick arithmetic, the built-in scheduler (exactly once, leader changes,
+catch-up) and pg_cron (PostgreSQL 15), with hostile inputs."""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import itertools
+import json
+import zoneinfo
+from typing import Any
+
+import attrs
+import pytest
+import trio
+
+from pgflow_trio import Context, DefinitionError, Flow, Job, Schedule, definition_of, flow_from_spec, step
+from pgflow_trio._cron import Scheduler, fire_due, list_schedules, sync_schedules
+from pgflow_trio._db import Database, open_database
+from pgflow_trio._schedule import ScheduleDef, ticks_between
+from pgflow_trio._schema import install
+from pgflow_trio._worker import WorkerGroup, WorkerOptions, serve
+
+from .helpers import FAST, cli, eventually, run_sql
+
+UTC = datetime.UTC
+HOSTILE = {"text": "it's $$ a \\ test $body$ '; DROP TABLE x; --", "nested": ["\\\\", "$$", "'"]}
+
+
+@attrs.frozen
+class Report:
+    kind: str
+
+
+class EverySecond(Job[dict[str, Any], int], queue="every_second", cron=Schedule("* * * * * *", input=HOSTILE)):
+    async def perform(self, payload: dict[str, Any], ctx: Context) -> int:
+        assert payload == HOSTILE
+        return 1
+
+
+# ---- definitions ---------------------------------------------------------------------------------------------
+
+
+def test_cron_on_flows_and_jobs_becomes_part_of_the_definition() -> None:
+    class Daily(Flow[Report, int], cron=Schedule("0 9 * * *", input=Report("daily"), timezone="Europe/Berlin")):
+        @step
+        async def build(self, report: Report) -> int:
+            return 1
+
+    (schedule,) = definition_of(Daily).schedules
+    assert (schedule.name, schedule.expression, schedule.input, schedule.timezone) == (
+        "daily",
+        "0 9 * * *",
+        {"kind": "daily"},
+        "Europe/Berlin",
+    )
+    assert definition_of(EverySecond).schedules[0].has_seconds
+
+
+@pytest.mark.parametrize(
+    ("cron", "message"),
+    [
+        ("61 * * * *", r"cron schedule '61 \* \* \* \*' is invalid: .*out of range"),
+        ("* * * *", r"has 4 fields; use five \(minute hour day-of-month month day-of-week\)"),
+        ("@sometimes", r"unknown cron alias '@sometimes'"),
+        (Schedule("0 * * * *", timezone="Mars/Olympus"), r"unknown time zone 'Mars/Olympus'"),
+        (Schedule("0 * * * *", catch_up="all"), r"catch_up must be 'skip' or 'once'"),  # type: ignore[arg-type]
+        ([Schedule("0 * * * *"), Schedule("5 * * * *")], r"several schedules must name each"),
+        (Schedule("0 * * * *", name="bad-name"), r"schedule name 'bad-name' must not contain"),
+        (Schedule("0 * * * *", input=5), r"the schedule's input does not fit the flow: .*expected Report, got int"),
+        (12, r"expected a cron string or Schedule"),
+    ],
+)
+def test_bad_schedules_say_what_is_wrong(cron: Any, message: str) -> None:
+    with pytest.raises(DefinitionError, match=message):
+
+        class Bad(Flow[Report, int], cron=cron):
+            @step
+            async def build(self, report: Report) -> int:
+                return 1
+
+
+def test_cron_in_plain_data_specs() -> None:
+    flow = flow_from_spec(
+        {"slug": "tenant", "steps": [{"slug": "a"}], "cron": [{"schedule": "@hourly", "input": {"x": 1}, "name": "h"}]}
+    )
+    assert flow.schedules[0].name == "tenant__h" and flow.schedules[0].five_field == "0 * * * *"
+    with pytest.raises(DefinitionError, match=r"\$.cron has unknown keys \['when'\]"):
+        flow_from_spec({"slug": "t", "steps": [{"slug": "a"}], "cron": {"schedule": "@daily", "when": 1}})
+
+
+# ---- ticks on the wall clock ---------------------------------------------------------------------------------
+
+
+def _schedule(expression: str, tz: str = "UTC") -> ScheduleDef:
+    seconds = len(expression.split()) == 6
+    return ScheduleDef("s", "f", expression, None, tz, "skip", seconds)
+
+
+def _local(ticks: list[datetime.datetime], tz: str) -> list[str]:
+    return [t.astimezone(zoneinfo.ZoneInfo(tz)).isoformat() for t in ticks]
+
+
+def test_daily_schedule_across_dst_in_berlin() -> None:
+    berlin = "Europe/Berlin"
+    spring = ticks_between(
+        _schedule("30 2 * * *", berlin),
+        datetime.datetime(2026, 3, 28, 12, tzinfo=UTC),
+        datetime.datetime(2026, 3, 31, 12, tzinfo=UTC),
+    )
+    # 02:30 does not exist on 29 March: it fires once, right after the gap
+    assert _local(spring, berlin) == [
+        "2026-03-29T03:00:00+02:00",
+        "2026-03-30T02:30:00+02:00",
+        "2026-03-31T02:30:00+02:00",
+    ]
+    autumn = ticks_between(
+        _schedule("30 2 * * *", berlin),
+        datetime.datetime(2026, 10, 24, 12, tzinfo=UTC),
+        datetime.datetime(2026, 10, 26, 12, tzinfo=UTC),
+    )
+    # 02:30 happens twice on 25 October: a daily schedule fires once
+    assert _local(autumn, berlin) == ["2026-10-25T02:30:00+02:00", "2026-10-26T02:30:00+01:00"]
+
+
+def test_wildcard_hours_follow_real_time_across_the_repeated_hour() -> None:
+    berlin = "Europe/Berlin"
+    ticks = ticks_between(
+        _schedule("*/30 * * * *", berlin),
+        datetime.datetime(2026, 10, 24, 23, 50, tzinfo=UTC),
+        datetime.datetime(2026, 10, 25, 2, 10, tzinfo=UTC),
+    )
+    assert _local(ticks, berlin) == [
+        "2026-10-25T02:00:00+02:00",
+        "2026-10-25T02:30:00+02:00",
+        "2026-10-25T02:00:00+01:00",
+        "2026-10-25T02:30:00+01:00",
+        "2026-10-25T03:00:00+01:00",
+    ]
+    assert all(b - a == datetime.timedelta(minutes=30) for a, b in itertools.pairwise(ticks))
+
+
+def test_other_zones_and_seconds() -> None:
+    ny = ticks_between(
+        _schedule("0 9 * * 1", "America/New_York"),
+        datetime.datetime(2026, 3, 1, tzinfo=UTC),
+        datetime.datetime(2026, 3, 17, tzinfo=UTC),
+    )
+    assert [t.isoformat() for t in ny] == [
+        "2026-03-02T14:00:00+00:00",
+        "2026-03-09T13:00:00+00:00",
+        "2026-03-16T13:00:00+00:00",
+    ]
+    secs = ticks_between(
+        _schedule("*/15 * * * * *"),
+        datetime.datetime(2026, 1, 1, tzinfo=UTC),
+        datetime.datetime(2026, 1, 1, 0, 1, tzinfo=UTC),
+    )
+    assert len(secs) == 4 and secs[0].second == 15
+
+
+# ---- the built-in scheduler ----------------------------------------------------------------------------------
+
+
+async def _ticks(db: Database, name: str) -> list[tuple[datetime.datetime, Any]]:
+    rows = await db.fetch(
+        "SELECT tick, run_id FROM pgflow_trio.cron_ticks WHERE schedule_name = $1 ORDER BY tick", name
+    )
+    return [(r["tick"], r["run_id"]) for r in rows]
+
+
+def _contiguous_seconds(ticks: list[datetime.datetime]) -> bool:
+    return all((b - a) == datetime.timedelta(seconds=1) for a, b in itertools.pairwise(ticks))
+
+
+async def test_competing_schedulers_fire_each_tick_once_across_a_leader_crash(dsn: str) -> None:
+    flow = definition_of(EverySecond)
+    with trio.fail_after(60):
+        async with open_database(dsn, max_size=8) as db:
+            from pgflow_trio._worker._registry import ensure_flow
+
+            await ensure_flow(db, flow)
+            report = await sync_schedules(db, [flow], backend="builtin")
+            assert report.created == ("every_second",)
+            schedulers = [Scheduler(db, interval=0.2) for _ in range(3)]
+            async with trio.open_nursery() as nursery:
+                for scheduler in schedulers:
+                    await nursery.start(scheduler.run)
+                await eventually(lambda: _has_ticks(db, 3))
+                leaders = [s for s in schedulers if s.leading]
+                assert len(leaders) == 1
+                # kill the leader's lock connection: another scheduler must take over without missing a tick
+                killed = await db.fetchval(
+                    "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                    "AND objid = ($1::bigint & x'FFFFFFFF'::bigint)",
+                    7_301_946_210_553_118_002,
+                )
+                assert killed
+                before = len(await _ticks(db, "every_second"))
+                await eventually(lambda: _has_ticks(db, before + 4))
+                assert sum(s.terms for s in schedulers) >= 2
+                nursery.cancel_scope.cancel()
+            ticks = await _ticks(db, "every_second")
+            runs = await db.fetchval("SELECT count(*) FROM pgflow.runs WHERE flow_slug = 'every_second'")
+            inputs = await db.fetch(
+                "SELECT DISTINCT input::text AS input FROM pgflow.runs WHERE flow_slug = 'every_second'"
+            )
+    assert _contiguous_seconds([t for t, _ in ticks]), [t.isoformat() for t, _ in ticks]
+    assert runs == len(ticks) and all(run_id is not None for _, run_id in ticks)
+    assert [json.loads(r["input"]) for r in inputs] == [HOSTILE]
+
+
+async def _has_ticks(db: Database, count: int) -> bool:
+    return len(await _ticks(db, "every_second")) >= count
+
+
+@pytest.mark.parametrize(("policy", "expected_runs"), [("skip", 0), ("once", 1)])
+async def test_catch_up_after_downtime(dsn: str, policy: str, expected_runs: int) -> None:
+    flow = flow_from_spec(
+        {
+            "slug": "hourly_report",
+            "steps": [{"slug": "a"}],
+            "cron": {"schedule": "* * * * *", "input": {"p": policy}, "catch_up": policy},
+        }
+    )
+    async with open_database(dsn, max_size=2) as db:
+        from pgflow_trio._worker._registry import ensure_flow
+
+        await ensure_flow(db, flow)
+        await sync_schedules(db, [flow], backend="builtin")
+        await db.execute("UPDATE pgflow_trio.schedules SET last_tick = clock_timestamp() - interval '3 hours'")
+        await fire_due(db, grace=1.0)
+        runs = await db.fetchval("SELECT count(*) FROM pgflow.runs WHERE flow_slug = 'hourly_report'")
+        last = await db.fetchval("SELECT clock_timestamp() - last_tick FROM pgflow_trio.schedules")
+        await fire_due(db, grace=1.0)  # nothing new is due: nothing more fires
+        again = await db.fetchval("SELECT count(*) FROM pgflow.runs WHERE flow_slug = 'hourly_report'")
+    assert runs == again == expected_runs
+    assert last < datetime.timedelta(minutes=2)
+
+
+async def test_a_worker_runs_a_flow_declared_with_cron_on_schedule(dsn: str) -> None:
+    with trio.fail_after(60):
+        async with open_database(dsn, max_size=4) as db, trio.open_nursery() as nursery:
+            group: WorkerGroup = await nursery.start(functools.partial(serve, EverySecond, dsn=dsn, options=FAST))
+
+            async def completed_runs() -> bool:
+                done = await db.fetchval(
+                    "SELECT count(*) FROM pgflow.runs WHERE flow_slug = 'every_second' AND status = 'completed'"
+                )
+                return bool(done >= 3)
+
+            await eventually(completed_runs)
+            group.stop()
+            ticks = await _ticks(db, "every_second")
+            runs = await db.fetchval("SELECT count(*) FROM pgflow.runs WHERE flow_slug = 'every_second'")
+    assert _contiguous_seconds([t for t, _ in ticks])
+    assert runs == len(ticks) >= 3
+
+
+async def test_sync_updates_and_removes_schedules(dsn: str) -> None:
+    first = flow_from_spec(
+        {
+            "slug": "syncme",
+            "steps": [{"slug": "a"}],
+            "cron": [{"schedule": "0 * * * *", "name": "a"}, {"schedule": "5 * * * *", "name": "b"}],
+        }
+    )
+    second = flow_from_spec(
+        {"slug": "syncme", "steps": [{"slug": "a"}], "cron": [{"schedule": "10 * * * *", "name": "a"}]}
+    )
+    async with open_database(dsn, max_size=2) as db:
+        report = await sync_schedules(db, [first], backend="builtin")
+        assert sorted(report.created) == ["syncme__a", "syncme__b"]
+        report = await sync_schedules(db, [second], backend="builtin")
+        assert (report.updated, report.removed) == (("syncme__a",), ("syncme__b",))
+        assert (await sync_schedules(db, [second], backend="builtin")).unchanged == ("syncme__a",)
+        status, missing = await list_schedules(db, [first])
+        assert status.drift == ("expression: '0 * * * *' in code, '10 * * * *' in the database",)
+        assert (missing.name, missing.drift) == ("syncme__b", ("in the code but not in the database (run cron sync)",))
+        assert len(status.next_ticks) == 3 and all(t.minute == 10 for t in status.next_ticks)
+
+
+def test_cron_cli_sync_and_list(dsn: str, tmp_path: Any) -> None:
+    spec = tmp_path / "f.json"
+    spec.write_text(json.dumps({"slug": "clicron", "steps": [{"slug": "a"}], "cron": "*/5 * * * *"}))
+    run_sql(dsn, "SELECT pgflow.create_flow('clicron')")
+    run_sql(dsn, "SELECT pgflow.add_step('clicron', 'a')")
+    synced = cli("cron", "sync", str(spec), "--dsn", dsn)
+    assert synced.returncode == 0, synced.stderr
+    assert synced.stdout.splitlines() == ["backend: builtin", "  created clicron"]
+    listed = cli("cron", "list", str(spec), "--dsn", dsn)
+    assert listed.returncode == 0, listed.stderr
+    assert "clicron  [builtin]  */5 * * * * UTC  catch_up=skip" in listed.stdout
+    assert "last: never" in listed.stdout and "drift" not in listed.stdout
+
+
+# ---- pg_cron (PostgreSQL 15) ---------------------------------------------------------------------------------
+
+
+async def test_pg_cron_schedules_start_flows_exactly_once_per_tick(cron_dsn: str, cron_empty_dsn: str) -> None:
+    run_sql(cron_dsn, "CREATE EXTENSION IF NOT EXISTS pg_cron")
+    flow = flow_from_spec(
+        {"slug": "pgcron_flow", "steps": [{"slug": "a"}], "cron": {"schedule": "* * * * *", "input": HOSTILE}}
+    )
+    with trio.fail_after(120):
+        async with open_database(cron_empty_dsn, max_size=3) as db, open_database(cron_dsn, max_size=2) as cron_db:
+            await install(db)
+            from pgflow_trio._worker._registry import ensure_flow
+
+            await ensure_flow(db, flow)
+            report = await sync_schedules(db, [flow], cron_db=cron_db)
+            assert report.backend == "pg_cron"
+            database = await db.fetchval("SELECT current_database()")
+            job = await cron_db.fetchrow(
+                "SELECT schedule, command, database FROM cron.job WHERE jobname = 'pgflow_trio:pgcron_flow'"
+            )
+            assert job is not None
+            assert dict(job) == {
+                "schedule": "* * * * *",
+                "command": "SELECT pgflow_trio.fire_schedule('pgcron_flow')",
+                "database": database,
+            }
+            # what pg_cron runs, run twice within one minute: one run, with the input exactly as given
+            first = await db.fetchval(job["command"])
+            second = await db.fetchval(job["command"])
+            assert first is not None and second is None
+            # and pg_cron itself fires the next minute's tick
+            await eventually(lambda: db.fetchval("SELECT count(*) >= 2 FROM pgflow.runs"), 0.5)
+            inputs = await db.fetch("SELECT input::text AS input FROM pgflow.runs")
+            assert [json.loads(r["input"]) for r in inputs] == [HOSTILE, HOSTILE]
+            ticks = await db.fetch("SELECT tick FROM pgflow_trio.cron_ticks ORDER BY tick")
+            assert len(ticks) == 2 and ticks[1]["tick"] - ticks[0]["tick"] == datetime.timedelta(minutes=1)
+            # a six-field schedule cannot go to pg_cron; removing the schedule unschedules the job
+            seconds = flow_from_spec({"slug": "pgcron_flow", "steps": [{"slug": "a"}], "cron": "* * * * * *"})
+            with pytest.raises(DefinitionError, match="need the built-in scheduler"):
+                await sync_schedules(db, [seconds], cron_db=cron_db)
+            plain = flow_from_spec({"slug": "pgcron_flow", "steps": [{"slug": "a"}]})
+            assert (await sync_schedules(db, [plain], cron_db=cron_db)).removed == ("pgcron_flow",)
+            assert not await cron_db.fetchval("SELECT count(*) FROM cron.job WHERE jobname LIKE 'pgflow_trio:%'")
+
+
+async def test_pg_cron_is_chosen_only_where_it_is_installed(dsn: str) -> None:
+    async with open_database(dsn, max_size=1) as db:
+        from pgflow_trio._cron import choose_backend
+
+        assert await choose_backend(db, "auto") == "builtin"
+        with pytest.raises(DefinitionError, match="pg_cron is not installed"):
+            await choose_backend(db, "pg_cron")
+
+
+def test_worker_options_for_cron() -> None:
+    assert WorkerOptions().scheduler and WorkerOptions().sync_schedules
