@@ -193,6 +193,10 @@ async def _worker(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         signal=args.signal,
         shutdown_grace=args.shutdown_grace,
+        heartbeat_interval=args.heartbeat_interval,
+        stale_after=args.stale_after,
+        recovery_interval=args.recovery_interval,
+        scheduler=not args.no_scheduler,
     )
     targets = [load_object(target) for target in args.targets]
     listening = trio.CancelScope()
