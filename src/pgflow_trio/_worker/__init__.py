@@ -10,6 +10,8 @@ import trio
 from .._db import Database, open_database
 from .._definition import DefinitionError
 from .._dsn import resolve_dsn
+from .._errors import SchemaError
+from .._schema import INSTALL_COMMAND, check
 from .._util import unwrap_single_errors
 from ._options import Signal, WorkerOptions
 from ._registry import FlowMismatch, ensure_flow
@@ -43,6 +45,11 @@ async def run_workers(
     if not targets:
         raise DefinitionError("serve() needs at least one flow or job")
     workers = [Worker(db, target, options) for target in targets]
+    status = await check(db)
+    if not status.ok:
+        raise SchemaError(
+            "the database schema is incomplete (" + "; ".join(status.problems) + f"): run `{INSTALL_COMMAND}`"
+        )
     scheduling = trio.CancelScope()
 
     async def schedule() -> None:
