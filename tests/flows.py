@@ -153,3 +153,12 @@ class Broken(Flow[Order, int], slug="broken", max_attempts=1):
 class Echo(Job[dict[str, Any], dict[str, Any]], queue="echo"):
     async def perform(self, payload: dict[str, Any], ctx: Context) -> dict[str, Any]:
         return {"echo": payload, "attempt": ctx.attempt}
+
+
+class Long(Flow[int, int], slug="long_task", max_attempts=1, timeout=10):
+    """Runs for `n` seconds (within its 10 s timeout)."""
+
+    @step
+    async def work(self, n: int) -> int:
+        await trio.sleep(n)
+        return n

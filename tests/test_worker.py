@@ -335,3 +335,21 @@ async def test_worker_command_processes_runs_started_from_sql_and_exits_on_sigte
     proc.stdout.close()
     assert code == 0, log
     assert "SIGTERM: stopping" in log
+
+
+async def test_visibility_is_extended_while_a_task_legitimately_runs(dsn: str) -> None:
+    options = attrs.evolve(FAST, extend_margin=6.0)  # checked every 2 s; extended when < 6 s remain
+    with trio.fail_after(40):
+        async with database(dsn) as db, running(dsn, flows.Long, options=options) as group:
+            run_id = await start_run(db, "long_task", 9)
+            sql = (
+                "SELECT extract(epoch FROM q.vt - t.started_at)::float8 FROM pgflow.step_tasks t "
+                "JOIN pgmq.q_long_task q ON q.msg_id = t.message_id WHERE t.run_id = $1 AND t.status = 'started'"
+            )
+            await eventually(lambda: db.fetchval(sql, run_id))
+            assert await db.fetchval(sql, run_id) <= 10 + 2 + 0.5  # start_tasks: timeout + 2 s
+            await trio.sleep(8.3)  # by now less than 6 s of visibility remained: the worker extended it
+            extended = await db.fetchval(sql, run_id)
+            assert extended is not None and extended > 12.5
+            assert await wait_run(db, run_id) == ("completed", {"work": 9})
+            assert group.workers[0].stats.completed == 1

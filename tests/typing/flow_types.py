@@ -3,11 +3,11 @@ report: with warn_unused_ignores, a typing regression that lets the error throug
 
 from __future__ import annotations
 
-from typing import assert_type
+from typing import Any, assert_type
 
 import attrs
 
-from pgflow_trio import Context, Flow, Job, map_step, needs, needs_all, run_inline, step
+from pgflow_trio import Context, Engine, Flow, Job, RunHandle, map_step, needs, needs_all, run_inline, step
 
 
 @attrs.frozen
@@ -76,3 +76,15 @@ async def usage() -> None:
     await run_inline(Checkout, Valid(1))  # type: ignore[misc]
     await run_inline(Squares, ["a"])  # type: ignore[misc]
     await run_inline(Notify, 3)  # type: ignore[misc]
+
+
+async def engine_usage(engine: Engine) -> None:
+    handle = await engine.start(Checkout, OrderInput(1))
+    assert_type(handle, RunHandle[Receipt])
+    assert_type(await handle.result(timeout=5), Receipt)
+    job = await engine.enqueue(Notify, OrderInput(2), delay=10)
+    assert_type(await job.result(), int)
+    untyped = await engine.start("checkout", {"order_id": 1})
+    assert_type(untyped, RunHandle[Any])
+    await engine.start(Checkout, Valid(1))  # type: ignore[misc]
+    await engine.enqueue(Notify, "not an order")  # type: ignore[misc]
