@@ -17,14 +17,14 @@ import trio
 from ._db import Connection, Database, Record, open_database
 from ._definition import FlowDef
 from ._dsn import resolve_dsn
-from ._errors import ConfigurationError, SchemaError
+from ._errors import ConfigurationError
 from ._events import Event, EventHub, RunEvent, Snapshot, _Resync
 from ._execute import decode_run_output, encode_input
 from ._flow import Definition, definition_of
 from ._manage import delete_flow, flow_from_database, health, list_flows, upsert_flow
 from ._records import FlowInfo, Health, Run, RunFailed, RunNotFound, RunPage, RunTimeout
 from ._runs import checked_slug, failure_of, fetch_run, list_runs, start_run
-from ._schema import CORE_VERSION, INSTALL_COMMAND, check
+from ._schema import CORE_VERSION, require_complete
 from ._serde import to_json
 from ._util import unwrap_single_errors
 from ._worker import WorkerGroup, WorkerOptions, run_workers
@@ -34,7 +34,7 @@ Out = TypeVar("Out")
 _FINAL = frozenset({"run:completed", "run:failed"})
 
 
-def _non_negative_int(name: str, low: int, high: int) -> Any:
+def _int_in_range(name: str, low: int, high: int) -> Any:
     def check(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
             raise ConfigurationError(f"engine option {name} must be an integer from {low} to {high}, got {value!r}")
@@ -56,7 +56,7 @@ def _bool(instance: object, attribute: attrs.Attribute[bool], value: bool) -> No
 class EngineOptions:
     """Options of `open_engine`."""
 
-    pool_size: int = attrs.field(default=10, validator=_non_negative_int("pool_size", 1, 200))
+    pool_size: int = attrs.field(default=10, validator=_int_in_range("pool_size", 1, 200))
     """Most connections the engine opens (plus one for LISTEN)."""
     events: bool = attrs.field(default=True, validator=_bool)
     """LISTEN for run events (watch, event-driven result()); without it result() polls."""
@@ -261,11 +261,10 @@ class EngineTransaction(_Starter):
 class Engine(_Starter):
     """The entry point to a pgflow database. Create it with `open_engine`."""
 
-    def __init__(self, db: Database, options: EngineOptions, nursery: trio.Nursery) -> None:
+    def __init__(self, db: Database, options: EngineOptions) -> None:
         self.engine = self
         self.db = db
         self.options = options
-        self._nursery = nursery
         self._hub = EventHub()
 
     core_version = CORE_VERSION
@@ -431,14 +430,8 @@ async def open_engine(dsn: str | None = None, **options: Any) -> AsyncIterator[E
         resolved = await resolve_dsn(dsn, data_dir=opts.data_dir)
         async with open_database(resolved, max_size=opts.pool_size) as db, trio.open_nursery() as nursery:
             if opts.check_schema:
-                status = await check(db)
-                if not status.ok:
-                    raise SchemaError(
-                        "the database schema is incomplete ("
-                        + "; ".join(status.problems)
-                        + f"): run `{INSTALL_COMMAND}`"
-                    )
-            engine = Engine(db, opts, nursery)
+                await require_complete(db)
+            engine = Engine(db, opts)
             if opts.events:
                 await nursery.start(engine._hub.run, db)
             try:

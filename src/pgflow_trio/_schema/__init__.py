@@ -1,7 +1,7 @@
 """Schema installer: pgmq, pgflow core (from the pinned npm tarball), the realtime stand-in, our migrations."""
 
 from ._core import CORE_INTEGRITY, CORE_VERSION, obtain_core_tarball
-from ._install import INSTALL_COMMAND, InstallReport, SchemaStatus, check, install, install_script
+from ._install import INSTALL_COMMAND, InstallReport, SchemaStatus, check, install, install_script, require_complete
 
 __all__ = [
     "CORE_INTEGRITY",
@@ -13,4 +13,5 @@ __all__ = [
     "install",
     "install_script",
     "obtain_core_tarball",
+    "require_complete",
 ]

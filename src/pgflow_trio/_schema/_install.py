@@ -344,3 +344,12 @@ async def check(db: Database) -> SchemaStatus:
         pg_cron=cron_text,
         problems=tuple(problems),
     )
+
+
+async def require_complete(db: Database) -> None:
+    """Raise SchemaError naming the install command unless the schema is complete."""
+    status = await check(db)
+    if not status.ok:
+        raise SchemaError(
+            "the database schema is incomplete (" + "; ".join(status.problems) + f"): run `{INSTALL_COMMAND}`"
+        )

@@ -10,8 +10,7 @@ import trio
 from .._db import Database, open_database
 from .._definition import DefinitionError
 from .._dsn import resolve_dsn
-from .._errors import SchemaError
-from .._schema import INSTALL_COMMAND, check
+from .._schema import require_complete
 from .._util import unwrap_single_errors
 from ._options import Signal, WorkerOptions
 from ._registry import FlowMismatch, ensure_flow
@@ -45,11 +44,7 @@ async def run_workers(
     if not targets:
         raise DefinitionError("serve() needs at least one flow or job")
     workers = [Worker(db, target, options) for target in targets]
-    status = await check(db)
-    if not status.ok:
-        raise SchemaError(
-            "the database schema is incomplete (" + "; ".join(status.problems) + f"): run `{INSTALL_COMMAND}`"
-        )
+    await require_complete(db)
     scheduling = trio.CancelScope()
 
     async def schedule() -> None:
