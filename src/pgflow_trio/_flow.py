@@ -52,6 +52,7 @@ from ._schedule import Schedule, make_schedules
 
 In = TypeVar("In")
 Out = TypeVar("Out")
+Out_co = TypeVar("Out_co", covariant=True)
 R = TypeVar("R")
 S = TypeVar("S")
 P = ParamSpec("P")
@@ -500,6 +501,15 @@ class Definition(Generic[In, Out]):
         def __pgflow_run__(cls, input: In) -> Out:
             """For the type checker only: running the flow takes `In` and gives `Out`. `run_inline` binds its
             arguments to this signature, so a wrong input is reported as "expected In"."""
+
+
+class RunSignature(Protocol[P, Out_co]):
+    """For typing a function that takes a flow or job (class or instance) and its input: bind `P` and `Out` from the
+    flow with `flow: RunSignature[P, Out], /, *args: P.args, **kwargs: P.kwargs`, and mypy checks the input
+    argument against the flow's input type, reporting `Argument 2 ... has incompatible type "X"; expected "In"`
+    (a plain `flow: type[Definition[In, Out]], input: In` only says `Cannot infer value of type parameter "In"`)."""
+
+    def __pgflow_run__(self, *args: P.args, **kwargs: P.kwargs) -> Out_co: ...
 
 
 class Flow(Definition[In, Out]):
