@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, List, Optional  # noqa: UP035 - the other spellings on purpose
 
 import attrs
 import pytest
@@ -24,6 +24,7 @@ from pgflow_trio import (
     step,
 )
 from pgflow_trio._definition import ParamKind
+from pgflow_trio._flow import needs_input
 
 
 @attrs.frozen
@@ -105,7 +106,11 @@ def test_same_type_from_two_steps_is_resolved_by_parameter_name() -> None:
 
 
 def test_ambiguous_dependency_names_the_candidates() -> None:
-    with pytest.raises(DefinitionError, match=r"ambiguous: steps 'left', 'right' all produce A; name the parameter"):
+    with pytest.raises(
+        DefinitionError,
+        match=r"ambiguous: step 'left' and step 'right' both provide A; name the parameter after the step it needs "
+        r"\(left or right\), or pin the source with a default: needs\(left\) or needs\(right\)",
+    ):
 
         class Ambiguous(Flow[In, Done]):
             @step
@@ -119,6 +124,196 @@ def test_ambiguous_dependency_names_the_candidates() -> None:
             @step
             async def join(self, value: A) -> Done:
                 return Done(True)
+
+
+def test_map_output_of_the_flow_input_type_is_ambiguous_not_the_flow_input() -> None:
+    with pytest.raises(
+        DefinitionError,
+        match=r"Squares.total: parameter 'squares' \(list\[int\]\) is ambiguous: the flow input and step 'sq' both "
+        r"provide list\[int\]; name the parameter after the step it needs \(sq\), or pin the source with a default: "
+        r"needs_all\(sq\) or needs_input\(\) for the flow input",
+    ):
+
+        class Squares(Flow[list[int], dict[str, Any]]):
+            @map_step
+            async def sq(self, x: int) -> int:
+                return x * x
+
+            @step
+            async def total(self, squares: list[int]) -> int:
+                return sum(squares)
+
+
+def test_a_single_steps_output_of_the_flow_input_type_is_ambiguous() -> None:
+    with pytest.raises(
+        DefinitionError, match=r"'n' \(int\) is ambiguous: the flow input and step 'inc' both provide int"
+    ):
+
+        class Ints(Flow[int, int]):
+            @step
+            async def double(self, n: int) -> int:
+                return n * 2
+
+            @step
+            async def inc(self, double: int) -> int:
+                return double + 1
+
+
+def test_map_element_from_the_flow_input_or_a_steps_list_is_ambiguous() -> None:
+    with pytest.raises(
+        DefinitionError, match=r"Each.each: parameter 'n' \(int\) is ambiguous: the flow input and step "
+    ):
+
+        class Each(Flow[list[int], list[int]]):
+            @step
+            async def evens(self, numbers: list[int] = needs_input()) -> list[int]:  # noqa: B008
+                return [n for n in numbers if n % 2 == 0]
+
+            @map_step
+            async def each(self, n: int) -> int:
+                return n
+
+    class OverStep(Flow[list[int], list[int]]):
+        @step
+        async def evens(self, numbers: list[int] = needs_input()) -> list[int]:  # noqa: B008
+            return [n for n in numbers if n % 2 == 0]
+
+        @map_step
+        async def each(self, evens: int) -> int:
+            return evens
+
+    class OverInput(Flow[list[int], dict[str, Any]]):
+        @step
+        async def evens(self, numbers: list[int] = needs_input()) -> list[int]:  # noqa: B008
+            return [n for n in numbers if n % 2 == 0]
+
+        @map_step
+        async def each(self, n: int = needs_input()) -> int:
+            return n
+
+    assert definition_of(OverStep).step("each").deps == ("evens",)
+    assert definition_of(OverStep).step("evens").params[0].kind is ParamKind.FLOW_INPUT
+    assert definition_of(OverInput).step("each").deps == ()
+    assert definition_of(OverInput).step("each").params[0].kind is ParamKind.ELEMENT
+
+
+def test_a_parameter_named_after_a_step_takes_that_step_even_when_the_flow_input_has_its_type() -> None:
+    class Named(Flow[list[int], int]):
+        @map_step
+        async def sq(self, x: int) -> int:
+            return x * x
+
+        @step
+        async def total(self, sq: list[int]) -> int:
+            return sum(sq)
+
+    assert definition_of(Named).step("total").deps == ("sq",)
+
+
+def test_needs_input_checks_the_flow_input_type() -> None:
+    with pytest.raises(DefinitionError, match=r"'a' = needs_input\(\) needs the flow input to be A, but it is In"):
+
+        class WrongInput(Flow[In, A]):
+            @step
+            async def only(self, a: A = needs_input()) -> A:  # noqa: B008
+                return a
+
+
+def test_a_default_that_would_never_be_used_is_an_error() -> None:
+    with pytest.raises(DefinitionError, match=r"parameter 'inp' has a default \(None\) that would never be used"):
+
+        class Defaulted(Flow[In, A]):
+            @step
+            async def only(self, inp: In | None = None) -> A:
+                return A(1)
+
+
+def test_positional_only_parameters_are_refused() -> None:
+    with pytest.raises(DefinitionError, match=r"parameter 'inp' is positional-only; .* remove the /"):
+
+        class Positional(Flow[In, A]):
+            @step
+            async def only(self, inp: In, /) -> A:
+                return A(1)
+
+
+def test_optional_annotations_match_exactly_in_any_spelling() -> None:
+    class Opt(Flow[In, Done]):
+        @step
+        async def maybe(self, inp: In) -> Optional[A]:  # noqa: UP045 - the other spelling on purpose
+            return None
+
+        @step
+        async def last(self, a: A | None) -> Done:
+            return Done(a is None)
+
+    assert definition_of(Opt).step("last").deps == ("maybe",)
+
+    with pytest.raises(DefinitionError, match=r"parameter 'a' needs Optional\[A\], but neither the flow input"):
+
+        class NotOptional(Flow[In, Done]):
+            @step
+            async def surely(self, inp: In) -> A:
+                return A(1)
+
+            @step
+            async def last(self, a: A | None) -> Done:
+                return Done(True)
+
+
+def test_typing_aliases_are_the_same_types() -> None:
+    class Aliased(Flow[List[int], int]):  # noqa: UP006 - the other spelling on purpose
+        @map_step
+        async def each(self, n: int) -> int:
+            return n
+
+        @step
+        async def total(self, each: List[int]) -> int:  # noqa: UP006
+            return sum(each)
+
+    assert definition_of(Aliased).step("total").deps == ("each",)
+
+
+class MyContext(Context[In]):
+    pass
+
+
+def test_context_annotations() -> None:
+    class Typed(Flow[In, A]):
+        @step
+        async def only(self, ctx: Context[In]) -> A:
+            return A(ctx.flow_input.n)
+
+    class Untyped(Flow[In, A]):
+        @step
+        async def only(self, ctx: Context[Any], bare: Context) -> A:
+            return A(1)
+
+    assert [p.kind for p in definition_of(Typed).step("only").params] == [ParamKind.CONTEXT]
+    assert [p.kind for p in definition_of(Untyped).step("only").params] == [ParamKind.CONTEXT] * 2
+
+    with pytest.raises(
+        DefinitionError, match=r"'ctx' is annotated Context\[A\] but the flow input is In; annotate it Context\[In\]"
+    ):
+
+        class Mismatch(Flow[In, A]):
+            @step
+            async def only(self, ctx: Context[A]) -> A:
+                return A(1)
+
+    with pytest.raises(DefinitionError, match=r"'ctx' is annotated Context\[int\] but the flow input is In"):
+
+        class JobMismatch(Job[In, None]):
+            async def perform(self, inp: In, ctx: Context[int]) -> None:
+                return None
+
+    for annotation in (MyContext, Optional[Context], list[Context]):  # noqa: UP045
+        with pytest.raises(DefinitionError, match=r"the task context is always a plain Context: annotate it Context"):
+
+            class Odd(Flow[In, A]):
+                @step
+                async def only(self, ctx: annotation) -> A:  # type: ignore[valid-type]
+                    return A(1)
 
 
 def test_unknown_dependency_says_what_to_annotate() -> None:
@@ -174,14 +369,14 @@ def test_needs_pins_a_producer_and_checks_its_type() -> None:
 def test_needs_all_is_for_map_steps() -> None:
     with pytest.raises(DefinitionError, match=r"refers to step 'each': use needs_all\(\)"):
 
-        class WrongNeeds(Flow[list[int], list[int]]):
+        class WrongNeeds(Flow[list[int], str]):
             @map_step
             async def each(self, n: int) -> int:
                 return n
 
             @step
-            async def total(self, values: int = needs(each)) -> list[int]:
-                return [values]
+            async def total(self, values: int = needs(each)) -> str:  # type: ignore[arg-type]
+                return str(values)
 
     class RightNeeds(Flow[list[int], int]):
         @map_step
@@ -318,11 +513,11 @@ def test_map_step_takes_one_element() -> None:
 
         class TwoElements(Flow[list[int], list[int]]):
             @step
-            async def other(self, items: list[int]) -> list[int]:
+            async def other(self, items: list[int] = needs_input()) -> list[int]:  # noqa: B008
                 return items
 
             @map_step
-            async def each(self, n: int, other: int) -> int:
+            async def each(self, n: int = needs_input(), other: int = needs(other)) -> int:  # type: ignore[assignment]
                 return n
 
 

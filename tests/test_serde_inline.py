@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pgflow_trio import Context, Flow, Job, SerializationError, definition_of, map_step, run_inline, step
+from pgflow_trio import Context, Flow, Job, SerializationError, definition_of, map_step, needs_all, run_inline, step
 from pgflow_trio._execute import build_arguments, encode_output
 from pgflow_trio._serde import from_json, structure, to_json, unstructure
 
@@ -187,3 +187,150 @@ async def test_a_flow_class_that_needs_arguments_says_pass_an_instance() -> None
 
     with pytest.raises(DefinitionError, match="pass an instance instead"):
         await run_inline(Greeter, "ada")
+
+
+class SquaresByName(Flow[list[int], int]):
+    @map_step
+    async def sq(self, x: int) -> int:
+        return x * x
+
+    @step
+    async def total(self, sq: list[int]) -> int:
+        return sum(sq)
+
+
+class SquaresPinned(Flow[list[int], int]):
+    @map_step
+    async def sq(self, x: int) -> int:
+        return x * x
+
+    @step
+    async def total(self, squares: list[int] = needs_all(sq)) -> int:
+        return sum(squares)
+
+
+@pytest.mark.parametrize("flow", [SquaresByName, SquaresPinned])
+async def test_a_map_steps_results_reach_the_step_that_names_or_pins_it(flow: type[Flow[list[int], int]]) -> None:
+    assert await run_inline(flow, [1, 2, 3]) == 14
+
+
+@attrs.frozen
+class Defaults:
+    n: int = 0
+
+
+@pytest.mark.parametrize("value", ["str", [1], 5, None, True, 1.5])
+def test_an_attrs_input_needs_a_json_object_even_when_every_field_has_a_default(value: Any) -> None:
+    with pytest.raises(SerializationError, match=r"x: expected Defaults \(a JSON object\), got a JSON \w+.* @ \$$"):
+        structure(value, Defaults, what="x")
+    assert structure({}, Defaults, what="x") == Defaults()
+
+
+@attrs.frozen
+class Line:
+    sku: str
+    qty: int
+    price: float = 0.0
+
+
+@attrs.frozen
+class Basket:
+    items: list[Line]
+    extra: dict[str, Line] = attrs.Factory(dict)
+    tags: tuple[str, ...] = ()
+    by_id: dict[int, str] = attrs.Factory(dict)
+    nested: Defaults = Defaults()
+
+
+def _basket(**changes: Any) -> dict[str, Any]:
+    lines = [{"sku": "a", "qty": 1}, {"sku": "b", "qty": 2}, {"sku": "c", "qty": 3}]
+    return {"items": lines, **changes}
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (
+            _basket(items=[{"sku": "a", "qty": 1}, {"sku": "b", "qty": 2}, {"sku": "c", "qty": "3"}]),
+            r"expected int \(a JSON integer\), got a JSON string @ \$\.items\[2\]\.qty",
+        ),
+        (_basket(items=[{"sku": "a", "qty": 1.0}]), r"expected int .*got a JSON number .*@ \$\.items\[0\]\.qty"),
+        (_basket(items=[{"sku": "a", "qty": False}]), r"expected int .*got a JSON boolean @ \$\.items\[0\]\.qty"),
+        (_basket(items=[{"sku": "a", "qty": 1, "price": True}]), r"expected float .*boolean @ \$\.items\[0\]\.price"),
+        (_basket(items=[{"sku": 7, "qty": 1}]), r"expected str \(a JSON string\), got a JSON integer @ \$\.items\[0\]"),
+        (_basket(items="abc"), r"expected list\[Line\] \(a JSON array\), got a JSON string @ \$\.items$"),
+        (_basket(items={"sku": "a"}), r"expected list\[Line\] \(a JSON array\), got a JSON object @ \$\.items$"),
+        (_basket(items=["x"]), r"expected Line \(a JSON object\), got a JSON string @ \$\.items\[0\]$"),
+        (_basket(extra={"k": [1]}), r"expected Line \(a JSON object\), got a JSON array @ \$\.extra\['k'\]$"),
+        (_basket(extra=[1]), r"expected dict\[str, Line\] \(a JSON object\), got a JSON array @ \$\.extra$"),
+        (_basket(tags="ab"), r"expected tuple\[str, \.\.\.\] \(a JSON array\), got a JSON string @ \$\.tags$"),
+        (_basket(nested="x"), r"expected Defaults \(a JSON object\), got a JSON string @ \$\.nested$"),
+    ],
+)
+def test_wrong_json_kinds_are_refused_at_every_depth_with_path_and_type(data: Any, message: str) -> None:
+    with pytest.raises(SerializationError, match=message):
+        structure(data, Basket, what="x")
+
+
+def test_right_json_kinds_structure() -> None:
+    data = _basket(extra={"k": {"sku": "z", "qty": 0}}, tags=["a"], by_id={"1": "one"})
+    data["items"][0]["price"] = 2
+    basket = structure(data, Basket, what="x")
+    assert basket.items[0] == Line("a", 1, 2.0) and isinstance(basket.items[0].price, float)
+    assert basket.extra == {"k": Line("z", 0)}
+    assert basket.tags == ("a",)
+    assert basket.by_id == {1: "one"}
+    assert structure(unstructure(basket, what="x"), Basket, what="x") == basket
+
+
+async def test_a_worker_style_task_with_a_non_object_input_fails_before_the_handler() -> None:
+    class Takes(Flow[Defaults, int]):
+        @step
+        async def only(self, inp: Defaults) -> int:
+            raise AssertionError("must not run")
+
+    flow = definition_of(Takes)
+    with pytest.raises(
+        SerializationError, match=r"takes\.only: input: expected Defaults \(a JSON object\), got a JSON"
+    ):
+        build_arguments(flow, flow.step("only"), {"run": "str"}, _ctx("only"))
+
+
+class TypedContext(Flow[Order, int]):
+    @step
+    async def typed(self, order: Order, ctx: Context[Order]) -> int:
+        assert ctx.flow_input == order and isinstance(ctx.flow_input, Order)
+        return ctx.flow_input.charge.amount
+
+    @step
+    async def bare(self, typed: int, ctx: Context) -> int:
+        assert isinstance(ctx.flow_input, Order)
+        return typed + int(ctx.flow_input.order_id)
+
+
+async def test_ctx_flow_input_is_the_structured_flow_input() -> None:
+    assert await run_inline(TypedContext, Order(7, Charge(100))) == 107
+    flow = definition_of(TypedContext)
+    raw = {"order_id": 7, "charge": {"amount": 100}}
+    ctx = Context(uuid.uuid4(), "typed_context", "typed", 0, 1, raw, uuid.uuid4())
+    kwargs = build_arguments(flow, flow.step("typed"), {"run": raw}, ctx)
+    assert kwargs["ctx"].flow_input == Order(7, Charge(100))
+    assert kwargs["ctx"].run_id == ctx.run_id and ctx.flow_input is raw
+
+
+def test_a_bad_flow_input_in_the_context_names_the_path() -> None:
+    flow = definition_of(TypedContext)
+    bad = {"order_id": 7, "charge": {"amount": "lots"}}
+    ctx = Context(uuid.uuid4(), "typed_context", "bare", 0, 1, bad, uuid.uuid4())
+    with pytest.raises(
+        SerializationError, match=r"typed_context\.bare: flow input \(ctx\.flow_input\): .*\$\.charge\.amount"
+    ):
+        build_arguments(flow, flow.step("bare"), {"run": bad, "typed": 1}, ctx)
+
+
+async def test_a_job_gets_its_typed_input_in_the_context_too() -> None:
+    class Echo(Job[Charge, str], queue="echo"):
+        async def perform(self, charge: Charge, ctx: Context[Charge]) -> str:
+            return f"{ctx.flow_input.amount} {ctx.flow_input.currency}"
+
+    assert await run_inline(Echo, Charge(5)) == "5 EUR"

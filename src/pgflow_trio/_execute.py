@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any, get_origin
 
+import attrs
+
 from ._context import Context
 from ._definition import DefinitionError, FlowDef, ParamKind, StepDef
 from ._serde import SerializationError, structure, unstructure
@@ -26,12 +28,18 @@ def instantiate(flow: FlowDef, target: object) -> object:
 
 
 def build_arguments(flow: FlowDef, step: StepDef, task_input: Any, ctx: Context) -> dict[str, Any]:
-    """Keyword arguments for `step.handler`, structured into the annotated types."""
+    """Keyword arguments for `step.handler`, structured into the annotated types.
+
+    `ctx` carries the raw JSON flow input; a typed handler's Context gets it structured into the flow's input type.
+    """
     kwargs: dict[str, Any] = {}
     where = f"{flow.slug}.{step.slug}"
+    typed_ctx: Context | None = None
     for param in step.params:
         if param.kind is ParamKind.CONTEXT:
-            kwargs[param.name] = ctx
+            if typed_ctx is None:
+                typed_ctx = _typed_context(flow, ctx, where)
+            kwargs[param.name] = typed_ctx
         elif param.kind is ParamKind.ELEMENT:
             kwargs[param.name] = structure(task_input, param.annotation, what=f"{where}: element {ctx.task_index}")
         elif param.kind is ParamKind.FLOW_INPUT:
@@ -41,6 +49,13 @@ def build_arguments(flow: FlowDef, step: StepDef, task_input: Any, ctx: Context)
             value = _field(task_input, param.source, where)
             kwargs[param.name] = structure(value, param.annotation, what=f"{where}: output of {param.source!r}")
     return kwargs
+
+
+def _typed_context(flow: FlowDef, ctx: Context, where: str) -> Context:
+    if not flow.typed:
+        return ctx
+    flow_input = structure(ctx.flow_input, flow.input_type, what=f"{where}: flow input (ctx.flow_input)")
+    return attrs.evolve(ctx, flow_input=flow_input)
 
 
 def _field(task_input: Any, key: str, where: str) -> Any:

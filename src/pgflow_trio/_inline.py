@@ -8,20 +8,22 @@ a handler raises propagates.
 from __future__ import annotations
 
 import uuid
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from ._context import Context
 from ._definition import FlowDef
 from ._execute import call_handler, decode_run_output, encode_input, instantiate
-from ._flow import Definition, definition_of
+from ._flow import RunSignature, definition_of
 from ._serde import from_json, to_json
 
-In = TypeVar("In")
+P = ParamSpec("P")
 Out = TypeVar("Out")
 
 
-async def run_inline(flow: type[Definition[In, Out]] | Definition[In, Out], input: In) -> Out:
-    """Execute every step of `flow` for `input` in dependency order and return the typed result."""
+async def run_inline(flow: RunSignature[P, Out], /, *args: P.args, **kwargs: P.kwargs) -> Out:
+    """`run_inline(Flow, input)`: execute every step of the flow (a class or an instance) for `input` in dependency
+    order and return the typed result. mypy checks `input` against the flow's input type."""
+    input = _the_input(args, kwargs)
     definition = definition_of(flow)
     instance = instantiate(definition, flow)
     flow_input = from_json(to_json(encode_input(definition, input), what="input"))
@@ -29,6 +31,12 @@ async def run_inline(flow: type[Definition[In, Out]] | Definition[In, Out], inpu
     run_output = {leaf: outputs[leaf] for leaf in definition.leaves}
     result: Out = decode_run_output(definition, from_json(to_json(run_output, what="run output")))
     return result
+
+
+def _the_input(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    if len(args) + len(kwargs) != 1 or (kwargs and "input" not in kwargs):
+        raise TypeError("run_inline takes a flow and its input: run_inline(Flow, input)")
+    return args[0] if args else kwargs["input"]
 
 
 async def _run_steps(flow: FlowDef, instance: object, flow_input: Any) -> dict[str, Any]:
