@@ -26,7 +26,7 @@ from pathlib import Path
 
 import trio
 
-from pgflow_trio import Context, Flow, Job, map_step, step
+from pgflow_trio import Context, Flow, Job, map_step, needs_input, step
 from pgflow_trio._db import Database, open_database
 from pgflow_trio._engine import open_engine
 from pgflow_trio._worker import WorkerGroup, WorkerOptions
@@ -42,7 +42,7 @@ class BenchJob(Job[int, int], queue="bench_job"):
 
 class BenchMap(Flow[int, int], slug="bench_map"):
     @step
-    async def prepare(self, n: int) -> list[int]:
+    async def prepare(self, n: int = needs_input()) -> list[int]:
         return list(range(n, n + 10))
 
     @map_step

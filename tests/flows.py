@@ -9,7 +9,7 @@ from typing import Any
 import attrs
 import trio
 
-from pgflow_trio import Context, Flow, Job, map_step, step
+from pgflow_trio import Context, Flow, Job, map_step, needs_input, step
 
 # In-process observations the tests read.
 calls: Counter[tuple[str, int]] = Counter()
@@ -108,15 +108,15 @@ class Falsy(Flow[int, dict[str, Any]], slug="falsy"):
         return 0
 
     @step
-    async def empty(self, n: int) -> str:
+    async def empty(self, n: int = needs_input()) -> str:
         return ""
 
     @step
-    async def nothing(self, n: int) -> None:
+    async def nothing(self, n: int = needs_input()) -> None:
         return None
 
     @step
-    async def no(self, n: int) -> bool:
+    async def no(self, n: int = needs_input()) -> bool:
         return False
 
 

@@ -29,6 +29,7 @@ from ._flow import definition_of as definition_of
 from ._flow import map_step as map_step
 from ._flow import needs as needs
 from ._flow import needs_all as needs_all
+from ._flow import needs_input as needs_input
 from ._flow import step as step
 from ._inline import run_inline as run_inline
 from ._records import FlowInfo as FlowInfo
