@@ -35,16 +35,18 @@ class WorkerOptions:
     batch_size: int = attrs.field(default=10, validator=_count)
     """Most messages read in one go."""
     signal: Signal = attrs.field(default="notify", validator=_signal)
-    """`notify`: pgmq insert notifications wake the reader (plus a fallback poll); `poll`: read_with_poll."""
+    """`notify`: the reader wakes when a message may have become readable (pgmq insert notifications, our trigger
+    for messages made visible earlier, a timer for the next invisible message), plus a fallback poll;
+    `poll`: read_with_poll."""
     poll_min: float = attrs.field(default=0.05, validator=_positive)
     """Shortest server-side poll interval (used while busy); it doubles while idle up to `poll_max`."""
     poll_max: float = attrs.field(default=1.0, validator=_positive)
     poll_seconds: float = attrs.field(default=2.0, validator=_positive)
     """How long one read_with_poll waits on the server for messages."""
     fallback_poll: float = attrs.field(default=5.0, validator=_positive)
-    """In notify mode, read at least this often (delayed messages notify nothing)."""
+    """In notify mode, read at least this often anyway (a safety net for lost notifications)."""
     read_visibility: int = attrs.field(default=5, validator=_count)
-    """Visibility (s) of a read message until start_tasks sets it to the step timeout + 2 s."""
+    """Visibility (s) a read gives a message; the worker extends it while the task runs."""
     heartbeat_interval: float = attrs.field(default=5.0, validator=_positive)
     stale_after: float = attrs.field(default=30.0, validator=_positive)
     """A worker silent this long is presumed dead: its started tasks are recovered."""
