@@ -9,6 +9,7 @@ import attrs
 from .._errors import ConfigurationError
 
 Signal = Literal["poll", "notify"]
+CronBackend = Literal["auto", "builtin", "pg_cron"]
 
 
 def _positive(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
@@ -24,6 +25,11 @@ def _count(instance: object, attribute: attrs.Attribute[int], value: int) -> Non
 def _signal(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
     if value not in ("poll", "notify"):
         raise ConfigurationError(f"worker option signal must be 'poll' or 'notify', got {value!r}")
+
+
+def _cron_backend(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
+    if value not in ("auto", "builtin", "pg_cron"):
+        raise ConfigurationError(f"worker option cron_backend must be 'auto', 'builtin' or 'pg_cron', got {value!r}")
 
 
 @attrs.frozen(kw_only=True)
@@ -61,6 +67,10 @@ class WorkerOptions:
     """Create the flow in the database when it is absent (refuse to start when it differs)."""
     sync_schedules: bool = True
     """At start, make the database's cron schedules of the served flows match the code (pg_cron or built-in)."""
+    cron_backend: CronBackend = attrs.field(default="auto", validator=_cron_backend)
+    """Where the served flows' schedules run, per schedule: `auto` puts each on pg_cron when the database has it
+    and it can express the schedule (five fields, UTC), else on the built-in scheduler; `builtin` always the
+    built-in one; `pg_cron` prefers pg_cron and falls back, with a warning, for what it cannot run."""
     scheduler: bool = True
     """Run the built-in cron scheduler in this process (one process leads; the others stand by)."""
     scheduler_grace: float = attrs.field(default=60.0, validator=_positive)
