@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -379,3 +380,21 @@ async def test_a_task_input_the_handler_cannot_accept_fails_at_once_without_retr
     errors = [r.getMessage() for r in caplog.records if r.name == "pgflow_trio.worker" and r.levelno >= logging.ERROR]
     assert len(errors) == 1 and "\n" not in errors[0], errors
     assert "failed without retry" in errors[0] and "@ $.order_id" in errors[0]
+
+
+def test_serve_targets_are_typed(tmp_path: Path) -> None:
+    """tests/typing/run_types.py checks clean, and each line marked `# type: ignore[code]` really is that error."""
+    api = pytest.importorskip("mypy.api")
+    typed = ROOT / "tests" / "typing" / "run_types.py"
+    out, err, status = api.run(["--config-file", str(ROOT / "mypy.ini"), "--no-incremental", str(typed)])
+    assert status == 0, out + err
+    source = typed.read_text()
+    marker = re.compile(r"  # type: ignore\[([a-z-]+)\]")
+    expected = {n: m.group(1) for n, line in enumerate(source.splitlines(), 1) if (m := marker.search(line))}
+    assert len(expected) >= 3
+    stripped = tmp_path / "run_types_stripped.py"
+    stripped.write_text(marker.sub("", source))
+    out, err, status = api.run(["--config-file", str(ROOT / "mypy.ini"), "--no-incremental", str(stripped)])
+    assert status == 1, out + err
+    found = {int(m.group(1)): m.group(2) for m in re.finditer(r":(\d+): error: .*\[([a-z-]+)\]$", out, re.M)}
+    assert {n: found.get(n) for n in expected} == expected, out

@@ -16,7 +16,7 @@ from .._schema import require_complete
 from .._util import unwrap_single_errors
 from ._options import CronBackend, Signal, WorkerOptions
 from ._registry import FlowMismatch, ensure_flow
-from ._worker import RawHandler, Served, Worker, WorkerStats, served
+from ._worker import RawHandler, Served, ServeTarget, Worker, WorkerStats, served
 
 if TYPE_CHECKING:
     from .._cron import SyncReport
@@ -49,7 +49,7 @@ class WorkerGroup:
 
 async def run_workers(
     db: Database,
-    targets: Sequence[object],
+    targets: Sequence[ServeTarget],
     options: WorkerOptions,
     *,
     cron_db: Database | None = None,
@@ -90,7 +90,7 @@ async def run_workers(
 
 
 async def serve(
-    *targets: object,
+    *targets: ServeTarget,
     dsn: str | None = None,
     options: WorkerOptions | None = None,
     data_dir: Path | None = None,
@@ -121,6 +121,7 @@ __all__ = [
     "CronBackend",
     "FlowMismatch",
     "RawHandler",
+    "ServeTarget",
     "Served",
     "Signal",
     "Worker",
@@ -130,4 +131,5 @@ __all__ = [
     "ensure_flow",
     "run_workers",
     "serve",
+    "served",
 ]

@@ -14,7 +14,7 @@ import random
 import traceback
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Literal
+from typing import Any, Literal, TypeAlias
 
 import attrs
 import trio
@@ -24,7 +24,7 @@ from .._db import Database, MissedNotifications, open_listener
 from .._definition import DefinitionError, FlowDef
 from .._errors import ConnectionLost, DatabaseError, PgflowError
 from .._execute import build_arguments, encode_output, instantiate
-from .._flow import definition_of
+from .._flow import Definition, definition_of
 from .._serde import SerializationError, to_json, unstructure
 from ._completer import Completer
 from ._options import WorkerOptions
@@ -59,7 +59,14 @@ class Served:
     handlers: Mapping[str, RawHandler] | None = None
 
 
-def served(target: object) -> Served:
+ServeTarget: TypeAlias = (
+    type[Definition[Any, Any]] | Definition[Any, Any] | Served | tuple[FlowDef, Mapping[str, RawHandler]]
+)
+"""What a worker can serve: a flow or job class (instantiated without arguments) or instance, a `Served`, or a
+runtime flow with its handlers, `(FlowDef, {step_slug: handler})`."""
+
+
+def served(target: ServeTarget) -> Served:
     """Accept a flow/job class or instance, a `Served`, or `(FlowDef, {step_slug: handler})` for runtime flows."""
     if isinstance(target, Served):
         return target
@@ -95,7 +102,7 @@ class WorkerStats:
 class Worker:
     """Runs one flow's tasks. Start it with `await nursery.start(worker.run)`; `stop()` drains it."""
 
-    def __init__(self, db: Database, target: object, options: WorkerOptions | None = None) -> None:
+    def __init__(self, db: Database, target: ServeTarget, options: WorkerOptions | None = None) -> None:
         self.served = served(target)
         self.flow = self.served.flow
         self.options = options or WorkerOptions()
