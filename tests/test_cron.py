@@ -7,6 +7,8 @@ import datetime
 import functools
 import itertools
 import json
+import logging
+import uuid
 import zoneinfo
 from typing import Any
 
@@ -14,12 +16,30 @@ import attrs
 import pytest
 import trio
 
-from pgflow_trio import Context, DefinitionError, Flow, Job, Schedule, definition_of, flow_from_spec, step
-from pgflow_trio._cron import Scheduler, fire_due, list_schedules, sync_schedules
+from pgflow_trio import (
+    ConfigurationError,
+    Context,
+    DefinitionError,
+    Flow,
+    Job,
+    Schedule,
+    definition_of,
+    flow_from_spec,
+    step,
+)
+from pgflow_trio._cron import (
+    ScheduleNotFound,
+    Scheduler,
+    fire_due,
+    list_schedules,
+    pg_cron_problem,
+    remove_schedule,
+    sync_schedules,
+)
 from pgflow_trio._db import Database, open_database
 from pgflow_trio._schedule import ScheduleDef, ticks_between
 from pgflow_trio._schema import install
-from pgflow_trio._worker import WorkerGroup, WorkerOptions, serve
+from pgflow_trio._worker import WorkerGroup, WorkerOptions, run_workers, serve
 
 from .helpers import FAST, cli, eventually, run_sql
 
@@ -180,6 +200,7 @@ async def test_competing_schedulers_fire_each_tick_once_across_a_leader_crash(ds
             from pgflow_trio._worker._registry import ensure_flow
 
             await ensure_flow(db, flow)
+            await _live_worker(db, "every_second")
             report = await sync_schedules(db, [flow], backend="builtin")
             assert report.created == ("every_second",)
             schedulers = [Scheduler(db, interval=0.2) for _ in range(3)]
@@ -227,6 +248,7 @@ async def test_catch_up_after_downtime(dsn: str, policy: str, expected_runs: int
         from pgflow_trio._worker._registry import ensure_flow
 
         await ensure_flow(db, flow)
+        await _live_worker(db, "hourly_report")
         await sync_schedules(db, [flow], backend="builtin")
         await db.execute("UPDATE pgflow_trio.schedules SET last_tick = clock_timestamp() - interval '3 hours'")
         await fire_due(db, grace=1.0)
@@ -308,8 +330,9 @@ async def test_pg_cron_schedules_start_flows_exactly_once_per_tick(cron_dsn: str
             from pgflow_trio._worker._registry import ensure_flow
 
             await ensure_flow(db, flow)
+            await _live_worker(db, "pgcron_flow")
             report = await sync_schedules(db, [flow], cron_db=cron_db)
-            assert report.backend == "pg_cron"
+            assert report.backend == "pg_cron" and report.backends == {"pgcron_flow": "pg_cron"}
             database = await db.fetchval("SELECT current_database()")
             job = await cron_db.fetchrow(
                 "SELECT schedule, command, database FROM cron.job WHERE jobname = 'pgflow_trio:pgcron_flow'"
@@ -330,23 +353,229 @@ async def test_pg_cron_schedules_start_flows_exactly_once_per_tick(cron_dsn: str
             assert [json.loads(r["input"]) for r in inputs] == [HOSTILE, HOSTILE]
             ticks = await db.fetch("SELECT tick FROM pgflow_trio.cron_ticks ORDER BY tick")
             assert len(ticks) == 2 and ticks[1]["tick"] - ticks[0]["tick"] == datetime.timedelta(minutes=1)
-            # a six-field schedule cannot go to pg_cron; removing the schedule unschedules the job
+            # a six-field schedule cannot go to pg_cron: it moves to the built-in scheduler, its job is unscheduled
             seconds = flow_from_spec({"slug": "pgcron_flow", "steps": [{"slug": "a"}], "cron": "* * * * * *"})
-            with pytest.raises(DefinitionError, match="need the built-in scheduler"):
-                await sync_schedules(db, [seconds], cron_db=cron_db)
+            report = await sync_schedules(db, [seconds], cron_db=cron_db)
+            assert (report.backend, report.updated, report.warnings) == ("builtin", ("pgcron_flow",), ())
+            assert not await cron_db.fetchval("SELECT count(*) FROM cron.job WHERE jobname LIKE 'pgflow_trio:%'")
+            assert (await sync_schedules(db, [flow], cron_db=cron_db)).backends == {"pgcron_flow": "pg_cron"}
+            # removing the schedule unschedules the job
             plain = flow_from_spec({"slug": "pgcron_flow", "steps": [{"slug": "a"}]})
             assert (await sync_schedules(db, [plain], cron_db=cron_db)).removed == ("pgcron_flow",)
             assert not await cron_db.fetchval("SELECT count(*) FROM cron.job WHERE jobname LIKE 'pgflow_trio:%'")
 
 
-async def test_pg_cron_is_chosen_only_where_it_is_installed(dsn: str) -> None:
+async def test_pg_cron_is_chosen_only_where_it_is_installed(dsn: str, caplog: pytest.LogCaptureFixture) -> None:
+    flow = flow_from_spec({"slug": "wants_pg_cron", "steps": [{"slug": "a"}], "cron": "@hourly"})
     async with open_database(dsn, max_size=1) as db:
         from pgflow_trio._cron import choose_backend
 
         assert await choose_backend(db, "auto") == "builtin"
-        with pytest.raises(DefinitionError, match="pg_cron is not installed"):
-            await choose_backend(db, "pg_cron")
+        assert await choose_backend(db, "pg_cron") == "builtin"
+        report = await sync_schedules(db, [flow], backend="pg_cron")
+    assert (report.backend, report.backends) == ("builtin", {"wants_pg_cron": "builtin"})
+    assert report.warnings == ("schedule wants_pg_cron: pg_cron is not installed; it runs on the built-in scheduler",)
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == list(report.warnings)
 
 
 def test_worker_options_for_cron() -> None:
     assert WorkerOptions().scheduler and WorkerOptions().sync_schedules
+    assert WorkerOptions().cron_backend == "auto" and WorkerOptions(cron_backend="pg_cron").cron_backend == "pg_cron"
+    with pytest.raises(ConfigurationError, match="cron_backend must be 'auto', 'builtin' or 'pg_cron', got 'cron'"):
+        WorkerOptions(cron_backend="cron")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("expression", "timezone", "problem"),
+    [
+        ("0 9 * * 1-5", "UTC", None),
+        ("*/5 0,12 1-15 jan-jun mon", "Etc/UTC", None),
+        ("@daily", "UTC", None),
+        ("0 9 * * 1-5", "Europe/Berlin", "it follows time zone Europe/Berlin and pg_cron runs in UTC"),
+        ("*/10 * * * * *", "UTC", "it has a seconds field"),
+        ("0 0 L * *", "UTC", "pg_cron does not understand 'L'"),
+        ("0 0 * * 1#2", "UTC", "pg_cron does not understand '1#2'"),
+    ],
+)
+def test_what_pg_cron_can_run(expression: str, timezone: str, problem: str | None) -> None:
+    seconds = len(expression.split()) == 6
+    assert pg_cron_problem(ScheduleDef("s", "f", expression, None, timezone, "skip", seconds)) == problem
+
+
+# ---- who owns a schedule ---------------------------------------------------------------------------------------
+
+
+async def _live_worker(db: Database, queue: str, *, age: float = 0.0, deprecated: bool = False) -> uuid.UUID:
+    """Register a worker for `queue` as any worker (of any language) would, heartbeating `age` seconds ago."""
+    worker_id = uuid.uuid4()
+    await db.execute(
+        "INSERT INTO pgflow.workers (worker_id, queue_name, function_name, last_heartbeat_at, deprecated_at) "
+        "VALUES ($1, $2, 'elsewhere', now() - make_interval(secs => $3), CASE WHEN $4 THEN now() END)",
+        worker_id,
+        queue,
+        age,
+        deprecated,
+    )
+    return worker_id
+
+
+async def _fire(db: Database, name: str, tick: datetime.datetime) -> Any:
+    return await db.fetchval("SELECT pgflow_trio.fire_schedule($1, $2)", name, tick)
+
+
+async def test_a_schedule_fires_only_while_a_live_worker_serves_its_flow(dsn: str) -> None:
+    from pgflow_trio._worker._registry import ensure_flow
+
+    flow = flow_from_spec({"slug": "owned", "steps": [{"slug": "a"}], "cron": "* * * * *"})
+    tick = datetime.datetime(2026, 1, 1, tzinfo=UTC)
+    async with open_database(dsn, max_size=2) as db:
+        await sync_schedules(db, [flow])
+        assert await _fire(db, "owned", tick) is None  # the flow is not even in the database
+        await ensure_flow(db, flow)
+        assert await _fire(db, "owned", tick) is None  # nobody serves it
+        await _live_worker(db, "owned", deprecated=True)
+        await _live_worker(db, "owned", age=120)
+        assert await _fire(db, "owned", tick) is None  # a stopped worker and a silent one do not count
+        assert await db.fetchval("SELECT count(*) FROM pgflow_trio.cron_ticks") == 0
+        await _live_worker(db, "owned", age=20)
+        async with db.transaction() as tx:  # the liveness bound is a setting (60 s unless set)
+            await tx.execute("SET LOCAL pgflow_trio.live_worker_seconds = '10'")
+            assert await tx.fetchval("SELECT pgflow_trio.fire_schedule('owned', $1)", tick) is None
+        assert await _fire(db, "owned", tick) is not None
+        assert await _fire(db, "owned", tick) is None  # each tick fires once
+        assert await db.fetchval("SELECT count(*) FROM pgflow.runs WHERE flow_slug = 'owned'") == 1
+
+
+async def test_schedulers_leave_unserved_flows_alone_and_catch_up_when_a_worker_returns(dsn: str) -> None:
+    """A worker serving only every_second must not fire an old tick_job schedule; once a worker serves tick_job
+    again within the grace, the ticks it missed fire."""
+    from pgflow_trio._worker._registry import ensure_flow
+
+    tick_job = flow_from_spec({"slug": "tick_job", "steps": [{"slug": "a"}], "cron": "* * * * * *"})
+
+    async def handler(task_input: Any, ctx: Context) -> int:
+        return 1
+
+    with trio.fail_after(60):
+        async with open_database(dsn, max_size=4) as db, trio.open_nursery() as nursery:
+            await ensure_flow(db, tick_job)
+            await sync_schedules(db, [tick_job], backend="builtin")
+            created = await db.fetchval("SELECT created_at FROM pgflow_trio.schedules WHERE name = 'tick_job'")
+            await nursery.start(functools.partial(serve, EverySecond, dsn=dsn, options=FAST))
+            await eventually(lambda: _has_ticks(db, 3))
+            assert await db.fetchval("SELECT count(*) FROM pgflow.runs WHERE flow_slug = 'tick_job'") == 0
+            assert await _ticks(db, "tick_job") == []
+            (orphan,) = [s for s in await list_schedules(db) if s.name == "tick_job"]
+            assert orphan.orphan == "no live worker serves flow 'tick_job' (no worker ever registered)"
+            await nursery.start(functools.partial(serve, (tick_job, {"a": handler}), dsn=dsn, options=FAST))
+            await eventually(lambda: _ticks_since(db, "tick_job", created, seconds=5))
+            ticks = [t for t, _ in await _ticks(db, "tick_job")]
+            nursery.cancel_scope.cancel()
+    assert _contiguous_seconds(ticks) and ticks[0] - created <= datetime.timedelta(seconds=1), ticks
+
+
+async def _ticks_since(db: Database, name: str, since: datetime.datetime, *, seconds: int) -> bool:
+    ticks = await _ticks(db, name)
+    return bool(ticks) and ticks[-1][0] - since >= datetime.timedelta(seconds=seconds)
+
+
+async def test_list_schedules_reports_orphans_with_a_reason(dsn: str) -> None:
+    from pgflow_trio._worker._registry import ensure_flow
+
+    specs = {
+        slug: flow_from_spec({"slug": slug, "steps": [{"slug": "a"}], "cron": "0 * * * *"})
+        for slug in ("gone", "idle", "retired", "served")
+    }
+    async with open_database(dsn, max_size=2) as db:
+        await sync_schedules(db, list(specs.values()))
+        for slug in ("idle", "retired", "served"):
+            await ensure_flow(db, specs[slug])
+        await _live_worker(db, "retired", age=3 * 3600)
+        await _live_worker(db, "served")
+        orphans = {s.name: s.orphan for s in await list_schedules(db)}
+    assert orphans == {
+        "gone": "flow 'gone' is not in the database",
+        "idle": "no live worker serves flow 'idle' (no worker ever registered)",
+        "retired": "no live worker serves flow 'retired' (last worker seen 3 h ago)",
+        "served": None,
+    }
+
+
+async def test_remove_schedule_removes_its_row_and_ticks_and_names_the_others_when_unknown(dsn: str) -> None:
+    from pgflow_trio._worker._registry import ensure_flow
+
+    flow = flow_from_spec(
+        {
+            "slug": "removable",
+            "steps": [{"slug": "a"}],
+            "cron": [{"schedule": "0 * * * *", "name": "a"}, {"schedule": "5 * * * *", "name": "b"}],
+        }
+    )
+    async with open_database(dsn, max_size=2) as db:
+        await ensure_flow(db, flow)
+        await _live_worker(db, "removable")
+        await sync_schedules(db, [flow])
+        assert await _fire(db, "removable__a", datetime.datetime(2026, 1, 1, tzinfo=UTC)) is not None
+        assert await remove_schedule(db, "removable__a") is False  # no pg_cron job here
+        assert [s.name for s in await list_schedules(db)] == ["removable__b"]
+        assert await db.fetchval("SELECT count(*) FROM pgflow_trio.cron_ticks") == 0
+        with pytest.raises(ScheduleNotFound, match=r"no schedule 'removable__a'; the schedules are: removable__b"):
+            await remove_schedule(db, "removable__a")
+        await remove_schedule(db, "removable__b")
+        with pytest.raises(ScheduleNotFound, match=r"no schedule 'x'; there are no schedules"):
+            await remove_schedule(db, "x")
+
+
+async def test_a_worker_serves_flows_whose_schedules_pg_cron_cannot_express(
+    cron_dsn: str, cron_empty_dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    run_sql(cron_dsn, "CREATE EXTENSION IF NOT EXISTS pg_cron")
+    flow = flow_from_spec(
+        {
+            "slug": "office_hours",
+            "steps": [{"slug": "a"}],
+            "cron": [
+                {"schedule": "0 9 * * 1-5", "name": "berlin", "timezone": "Europe/Berlin"},
+                {"schedule": "*/10 * * * * *", "name": "seconds"},
+                {"schedule": "0 9 * * 1-5", "name": "utc"},
+            ],
+        }
+    )
+
+    async def handler(task_input: Any, ctx: Context) -> int:
+        return 1
+
+    with trio.fail_after(120):
+        async with open_database(cron_empty_dsn, max_size=12) as db, open_database(cron_dsn, max_size=2) as cron_db:
+            await install(db)
+            for backend in ("auto", "pg_cron"):
+                caplog.clear()
+                options = attrs.evolve(FAST, cron_backend=backend)
+                async with trio.open_nursery() as nursery:
+                    group: WorkerGroup = await nursery.start(
+                        functools.partial(run_workers, db, [(flow, {"a": handler})], options, cron_db=cron_db)
+                    )
+                    nursery.cancel_scope.cancel()
+                assert group.schedules is not None
+                assert group.schedules.backends == {
+                    "office_hours__berlin": "builtin",
+                    "office_hours__seconds": "builtin",
+                    "office_hours__utc": "pg_cron",
+                }
+                assert group.schedules.backend == "pg_cron+builtin"
+                warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+                expected = (
+                    []
+                    if backend == "auto"
+                    else [
+                        "schedule office_hours__berlin: it follows time zone Europe/Berlin and pg_cron runs in UTC; "
+                        "it runs on the built-in scheduler",
+                        "schedule office_hours__seconds: it has a seconds field; it runs on the built-in scheduler",
+                    ]
+                )
+                assert warnings == expected
+            database = await db.fetchval("SELECT current_database()")
+            jobs = await cron_db.fetch("SELECT jobname, schedule FROM cron.job WHERE database = $1", database)
+            assert [tuple(j) for j in jobs] == [("pgflow_trio:office_hours__utc", "0 9 * * 1-5")]
+            assert await remove_schedule(db, "office_hours__utc", cron_db=cron_db) is True
+            assert not await cron_db.fetchval("SELECT count(*) FROM cron.job WHERE database = $1", database)

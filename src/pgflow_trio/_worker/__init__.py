@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -12,16 +14,30 @@ from .._definition import DefinitionError
 from .._dsn import resolve_dsn
 from .._schema import require_complete
 from .._util import unwrap_single_errors
-from ._options import Signal, WorkerOptions
+from ._options import CronBackend, Signal, WorkerOptions
 from ._registry import FlowMismatch, ensure_flow
-from ._worker import RawHandler, Served, Worker, WorkerStats, served
+from ._worker import RawHandler, Served, ServeTarget, Worker, WorkerStats, served
+
+if TYPE_CHECKING:
+    from .._cron import SyncReport
+
+log = logging.getLogger("pgflow_trio.worker")
 
 
 class WorkerGroup:
-    """The workers `serve` runs; `stop()` drains them all (and stops the process's scheduler)."""
+    """The workers `serve` runs; `stop()` drains them all (and stops the process's scheduler).
 
-    def __init__(self, workers: Sequence[Worker], on_stop: Callable[[], None] | None = None) -> None:
+    `schedules` says what the start-up schedule sync did and which backend each schedule got (None when
+    `sync_schedules` is off)."""
+
+    def __init__(
+        self,
+        workers: Sequence[Worker],
+        on_stop: Callable[[], None] | None = None,
+        schedules: SyncReport | None = None,
+    ) -> None:
         self.workers = tuple(workers)
+        self.schedules = schedules
         self._on_stop = on_stop
 
     def stop(self) -> None:
@@ -33,12 +49,15 @@ class WorkerGroup:
 
 async def run_workers(
     db: Database,
-    targets: Sequence[object],
+    targets: Sequence[ServeTarget],
     options: WorkerOptions,
     *,
+    cron_db: Database | None = None,
     task_status: trio.TaskStatus[WorkerGroup] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Workers for `targets` on `db`, plus schedule sync and the built-in scheduler, until stopped or cancelled."""
+    """Workers for `targets` on `db`, plus schedule sync and the built-in scheduler, until stopped or cancelled.
+
+    `cron_db`: the database where pg_cron is installed when it is not `db` (pg_cron's `cron.database_name`)."""
     from .._cron import Scheduler, sync_schedules
 
     if not targets:
@@ -57,22 +76,31 @@ async def run_workers(
         async with trio.open_nursery() as nursery:
             for worker in workers:
                 await nursery.start(worker.run)
+            report = None
             if options.sync_schedules:
-                await sync_schedules(db, [w.flow for w in workers])
-            task_status.started(WorkerGroup(workers, on_stop=scheduling.cancel))
+                report = await sync_schedules(
+                    db, [w.flow for w in workers], backend=options.cron_backend, cron_db=cron_db
+                )
+                if report.backends:
+                    log.info(
+                        "schedules: %s", ", ".join(f"{name} ({how})" for name, how in sorted(report.backends.items()))
+                    )
+            task_status.started(WorkerGroup(workers, on_stop=scheduling.cancel, schedules=report))
         scheduling.cancel()  # every worker has stopped (stop(), or deprecated by the database)
 
 
 async def serve(
-    *targets: object,
+    *targets: ServeTarget,
     dsn: str | None = None,
     options: WorkerOptions | None = None,
     data_dir: Path | None = None,
+    cron_dsn: str | None = None,
     task_status: trio.TaskStatus[WorkerGroup] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve each target (flow/job class or instance, or `(FlowDef, {step: handler})`) until stopped or cancelled.
 
     `await nursery.start(serve, ProcessOrder)` returns a `WorkerGroup` once every worker is registered and reading.
+    `cron_dsn`: the database where pg_cron is installed, when it is another one (its `cron.database_name`).
     """
     opts = options or WorkerOptions()
     prepared = [served(t) for t in targets]
@@ -82,12 +110,18 @@ async def serve(
         resolved = await resolve_dsn(dsn, data_dir=data_dir)
         pool_size = min(100, len(prepared) * (opts.concurrency + 4) + 2)
         async with open_database(resolved, max_size=pool_size) as db:
-            await run_workers(db, prepared, opts, task_status=task_status)
+            if cron_dsn is None:
+                await run_workers(db, prepared, opts, task_status=task_status)
+                return
+            async with open_database(cron_dsn, max_size=2) as cron_db:
+                await run_workers(db, prepared, opts, cron_db=cron_db, task_status=task_status)
 
 
 __all__ = [
+    "CronBackend",
     "FlowMismatch",
     "RawHandler",
+    "ServeTarget",
     "Served",
     "Signal",
     "Worker",
@@ -97,4 +131,5 @@ __all__ = [
     "ensure_flow",
     "run_workers",
     "serve",
+    "served",
 ]

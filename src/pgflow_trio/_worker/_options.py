@@ -9,6 +9,7 @@ import attrs
 from .._errors import ConfigurationError
 
 Signal = Literal["poll", "notify"]
+CronBackend = Literal["auto", "builtin", "pg_cron"]
 
 
 def _positive(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
@@ -26,6 +27,11 @@ def _signal(instance: object, attribute: attrs.Attribute[str], value: str) -> No
         raise ConfigurationError(f"worker option signal must be 'poll' or 'notify', got {value!r}")
 
 
+def _cron_backend(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
+    if value not in ("auto", "builtin", "pg_cron"):
+        raise ConfigurationError(f"worker option cron_backend must be 'auto', 'builtin' or 'pg_cron', got {value!r}")
+
+
 @attrs.frozen(kw_only=True)
 class WorkerOptions:
     """How a worker reads, runs and recovers tasks. Times are in seconds."""
@@ -35,16 +41,18 @@ class WorkerOptions:
     batch_size: int = attrs.field(default=10, validator=_count)
     """Most messages read in one go."""
     signal: Signal = attrs.field(default="notify", validator=_signal)
-    """`notify`: pgmq insert notifications wake the reader (plus a fallback poll); `poll`: read_with_poll."""
+    """`notify`: the reader wakes when a message may have become readable (pgmq insert notifications, our trigger
+    for messages made visible earlier, a timer for the next invisible message), plus a fallback poll;
+    `poll`: read_with_poll."""
     poll_min: float = attrs.field(default=0.05, validator=_positive)
     """Shortest server-side poll interval (used while busy); it doubles while idle up to `poll_max`."""
     poll_max: float = attrs.field(default=1.0, validator=_positive)
     poll_seconds: float = attrs.field(default=2.0, validator=_positive)
     """How long one read_with_poll waits on the server for messages."""
     fallback_poll: float = attrs.field(default=5.0, validator=_positive)
-    """In notify mode, read at least this often (delayed messages notify nothing)."""
+    """In notify mode, read at least this often anyway (a safety net for lost notifications)."""
     read_visibility: int = attrs.field(default=5, validator=_count)
-    """Visibility (s) of a read message until start_tasks sets it to the step timeout + 2 s."""
+    """Visibility (s) a read gives a message; the worker extends it while the task runs."""
     heartbeat_interval: float = attrs.field(default=5.0, validator=_positive)
     stale_after: float = attrs.field(default=30.0, validator=_positive)
     """A worker silent this long is presumed dead: its started tasks are recovered."""
@@ -59,6 +67,10 @@ class WorkerOptions:
     """Create the flow in the database when it is absent (refuse to start when it differs)."""
     sync_schedules: bool = True
     """At start, make the database's cron schedules of the served flows match the code (pg_cron or built-in)."""
+    cron_backend: CronBackend = attrs.field(default="auto", validator=_cron_backend)
+    """Where the served flows' schedules run, per schedule: `auto` puts each on pg_cron when the database has it
+    and it can express the schedule (five fields, UTC), else on the built-in scheduler; `builtin` always the
+    built-in one; `pg_cron` prefers pg_cron and falls back, with a warning, for what it cannot run."""
     scheduler: bool = True
     """Run the built-in cron scheduler in this process (one process leads; the others stand by)."""
     scheduler_grace: float = attrs.field(default=60.0, validator=_positive)

@@ -35,6 +35,11 @@ def _queue_table(queue: str) -> str:
     return f'pgmq."q_{queue}"'  # queue = a validated flow slug ([a-zA-Z][a-zA-Z0-9_]*)
 
 
+def visible_channel(queue: str) -> str:
+    """The channel our trigger notifies when a message of `queue` becomes visible earlier than it was."""
+    return f"pgflow_trio.q_{queue}"
+
+
 async def _details(con: RawConnection, rows: list[Record]) -> list[ClaimedTask]:
     """Attempt numbers and run inputs of tasks start_tasks just returned (a second statement, so it sees them)."""
     if not rows:
@@ -133,6 +138,17 @@ async def complete_many(con: RawConnection, *, tasks: list[ClaimedTask], payload
 async def fail(con: RawConnection, *, task: ClaimedTask, payload: str) -> None:
     """pgflow.fail_task with the error message; pgflow decides between retry (with backoff) and failure."""
     await con.execute("SELECT pgflow.fail_task($1, $2, $3, $4)", task.run_id, task.step_slug, task.task_index, payload)
+
+
+async def fail_permanently(con: RawConnection, *, task: ClaimedTask, payload: str) -> None:
+    """Fail the task without retrying it (its remaining attempts could not succeed); pgflow fails step and run."""
+    await con.execute(
+        "SELECT pgflow_trio.fail_task_permanently($1, $2, $3, $4)",
+        task.run_id,
+        task.step_slug,
+        task.task_index,
+        payload,
+    )
 
 
 async def release(con: RawConnection, *, worker_id: uuid.UUID, tasks: list[ClaimedTask]) -> int:

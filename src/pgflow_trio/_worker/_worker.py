@@ -14,7 +14,7 @@ import random
 import traceback
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Literal
+from typing import Any, Literal, TypeAlias
 
 import attrs
 import trio
@@ -23,12 +23,12 @@ from .._context import Context
 from .._db import Database, MissedNotifications, open_listener
 from .._definition import DefinitionError, FlowDef
 from .._errors import ConnectionLost, DatabaseError, PgflowError
-from .._execute import call_handler, instantiate
-from .._flow import definition_of
-from .._serde import to_json, unstructure
+from .._execute import build_arguments, encode_output, instantiate
+from .._flow import Definition, definition_of
+from .._serde import SerializationError, to_json, unstructure
 from ._completer import Completer
 from ._options import WorkerOptions
-from ._queries import ClaimedTask, fail, read_and_claim, release
+from ._queries import ClaimedTask, fail, fail_permanently, read_and_claim, release, visible_channel
 from ._registry import ensure_flow
 
 log = logging.getLogger("pgflow_trio.worker")
@@ -37,6 +37,17 @@ RawHandler = Callable[[Any, Context], Awaitable[Any]]
 """A runtime flow's step handler: gets the raw task input (as pgflow builds it) and the context."""
 
 _ERROR_LIMIT = 2000
+
+_Report = Literal["complete", "fail", "fail_permanently"]
+_SQL_NAMES = {"complete": "complete_task", "fail": "fail_task", "fail_permanently": "fail_task_permanently"}
+
+
+class _BadInput(Exception):
+    """The task input cannot be structured into the handler's parameters: no retry can change that."""
+
+    def __init__(self, error: SerializationError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 @attrs.frozen
@@ -48,7 +59,14 @@ class Served:
     handlers: Mapping[str, RawHandler] | None = None
 
 
-def served(target: object) -> Served:
+ServeTarget: TypeAlias = (
+    type[Definition[Any, Any]] | Definition[Any, Any] | Served | tuple[FlowDef, Mapping[str, RawHandler]]
+)
+"""What a worker can serve: a flow or job class (instantiated without arguments) or instance, a `Served`, or a
+runtime flow with its handlers, `(FlowDef, {step_slug: handler})`."""
+
+
+def served(target: ServeTarget) -> Served:
     """Accept a flow/job class or instance, a `Served`, or `(FlowDef, {step_slug: handler})` for runtime flows."""
     if isinstance(target, Served):
         return target
@@ -84,7 +102,7 @@ class WorkerStats:
 class Worker:
     """Runs one flow's tasks. Start it with `await nursery.start(worker.run)`; `stop()` drains it."""
 
-    def __init__(self, db: Database, target: object, options: WorkerOptions | None = None) -> None:
+    def __init__(self, db: Database, target: ServeTarget, options: WorkerOptions | None = None) -> None:
         self.served = served(target)
         self.flow = self.served.flow
         self.options = options or WorkerOptions()
@@ -178,7 +196,10 @@ class Worker:
             log.warning("could not mark worker %s stopped: %s", self.worker_id, exc)
 
     async def _enable_notify(self) -> bool:
-        """Make pgmq notify inserts into this queue, unthrottled (once; concurrent workers serialize on a lock)."""
+        """Make the queue notify whenever a message may have become readable: pgmq's insert notifications
+        (unthrottled) and our trigger for messages made visible earlier without an insert (retries, tasks handed
+        back or recovered, failures reported by any process). Once per queue; concurrent workers serialize on a
+        lock."""
         try:
             async with self.db.transaction() as tx:
                 await tx.execute(
@@ -191,6 +212,7 @@ class Worker:
                 )
                 if not enabled:
                     await tx.execute("SELECT pgmq.enable_notify_insert($1, 0)", self.flow.slug)
+                await tx.execute("SELECT pgflow_trio.enable_notify_visible($1)", self.flow.slug)
             return True
         except DatabaseError as exc:
             log.warning("pgmq insert notifications unavailable (%s); polling instead", exc)
@@ -220,6 +242,7 @@ class Worker:
                 free = await self._wait_for_capacity()
                 qty = min(self.options.batch_size, free)
                 self._wake = trio.Event()
+                read_at = trio.current_time()
                 try:
                     result = await self.db.run(
                         functools.partial(
@@ -239,7 +262,7 @@ class Worker:
                     continue
                 self.stats.reads += 1
                 for task in result.tasks:
-                    self._spawn(tasks, task)
+                    self._spawn(tasks, task, read_at)
                 if result.read:
                     interval = self.options.poll_min
                     continue
@@ -252,8 +275,8 @@ class Worker:
                         await self._wake.wait()
 
     async def _notify_loop(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        channel = f"pgmq.q_{self.flow.slug}.INSERT"
-        async with open_listener(self.db, [channel]) as listener:
+        channels = [f"pgmq.q_{self.flow.slug}.INSERT", visible_channel(self.flow.slug)]
+        async with open_listener(self.db, channels) as listener:
             task_status.started()
             async for event in listener:
                 if isinstance(event, MissedNotifications):
@@ -275,10 +298,12 @@ class Worker:
         tasks.cancel_scope.cancel()
 
     # ---- running tasks -------------------------------------------------------------------------------------
-    def _spawn(self, tasks: trio.Nursery, task: ClaimedTask) -> None:
+    def _spawn(self, tasks: trio.Nursery, task: ClaimedTask, read_at: float) -> None:
+        """Run a claimed task. Its message stays invisible for `read_visibility` from the read (pgflow 0.8.1's
+        start_tasks means to set it to the timeout + 2 s, but that statement of it never runs); the extend loop
+        keeps it invisible for as long as the task runs."""
         key = (task.run_id, task.step_slug, task.task_index)
-        timeout = self._timeouts.get(task.step_slug, 60)
-        self._running[key] = _Running(task, trio.current_time() + timeout + 2)
+        self._running[key] = _Running(task, read_at + self.options.read_visibility)
         self.stats.started += 1
         tasks.start_soon(self._execute, key, task)
 
@@ -299,6 +324,18 @@ class Worker:
             try:
                 with trio.move_on_after(timeout) as deadline:
                     output = await self._invoke(step.slug, task, ctx)
+            except _BadInput as bad:
+                log.error(
+                    "task %s/%s[%d] of run %s failed without retry, its input does not fit the handler: %s",
+                    self.flow.slug,
+                    task.step_slug,
+                    task.task_index,
+                    task.run_id,
+                    " ".join(str(bad.error).split()),
+                )
+                self.stats.failed += 1
+                await self._report("fail_permanently", task, _error_text(bad.error))
+                return
             except Exception as exc:
                 log.error(
                     "task %s/%s[%d] of run %s failed (attempt %d):\n%s",
@@ -346,9 +383,16 @@ class Worker:
         if self.served.handlers is not None:
             result = await self.served.handlers[slug](task.input, ctx)
             return unstructure(result, what=f"output of step {self.flow.slug}.{slug}")
-        return await call_handler(self.flow, self.flow.step(slug), self.served.instance, task.input, ctx)
+        step = self.flow.step(slug)
+        assert step.handler is not None
+        try:
+            kwargs = build_arguments(self.flow, step, task.input, ctx)
+        except SerializationError as exc:
+            raise _BadInput(exc) from exc
+        result = await step.handler(self.served.instance, **kwargs)
+        return encode_output(self.flow, step, result)
 
-    async def _report(self, kind: Literal["complete", "fail"], task: ClaimedTask, payload: str) -> None:
+    async def _report(self, kind: _Report, task: ClaimedTask, payload: str) -> None:
         """complete_task (batched) or fail_task, retried while the connection is down; a complete_task the
         database rejects becomes a fail_task with its error. Recovery covers whatever still fails."""
         delay = 0.1
@@ -358,15 +402,16 @@ class Worker:
                 if kind == "complete":
                     await self._completer.complete(task, payload)
                 else:
-                    await self.db.run(functools.partial(fail, task=task, payload=payload))
+                    failing = fail if kind == "fail" else fail_permanently
+                    await self.db.run(functools.partial(failing, task=task, payload=payload))
                 return
             except ConnectionLost as exc:
                 log.warning("reporting task %s failed (%s); retry %d", where, exc, attempt + 1)
                 await trio.sleep(delay)
                 delay = min(delay * 2, 2.0)
             except DatabaseError as exc:
-                log.error("%s_task for %s failed: %s", kind, where, exc)
-                if kind == "fail":
+                log.error("%s for %s failed: %s", _SQL_NAMES[kind], where, exc)
+                if kind != "complete":
                     return
                 kind, payload = "fail", f"complete_task failed: {exc}"[:_ERROR_LIMIT]
         log.error("gave up reporting task %s; recovery will requeue it", where)
