@@ -92,14 +92,18 @@ def _order(order_id: int) -> Order:
 
 
 async def run_demo(
-    runs: int = 20, dsn: str | None = None, data_dir: Path | None = None, out: TextIO = sys.stdout
+    runs: int = 20,
+    dsn: str | None = None,
+    data_dir: Path | None = None,
+    out: TextIO = sys.stdout,
+    connect_timeout: float | None = None,
 ) -> int:
     """Run the demo; returns the number of runs that completed."""
     logging.getLogger("pgflow_trio.worker").setLevel(logging.CRITICAL)  # the simulated failures are expected
     resolved = await resolve_dsn(dsn, data_dir=data_dir)
     print("installing the schema (if needed)...", file=out)
-    await install_schema(resolved)
-    async with open_engine(resolved) as engine, trio.open_nursery() as nursery:
+    await install_schema(resolved, connect_timeout=connect_timeout)
+    async with open_engine(resolved, connect_timeout=connect_timeout) as engine, trio.open_nursery() as nursery:
         outcome = await engine.upsert_flow(DemoOrder)
         if outcome != "unchanged":
             print(f"flow {DemoOrder.__pgflow__.slug}: {outcome}", file=out)
