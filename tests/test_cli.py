@@ -140,7 +140,12 @@ async def test_demo(empty_dsn: str) -> None:
     with trio.fail_after(120):
         code, out, err = await _cli("demo", "--runs", "8", "--dsn", empty_dsn)
     assert code == 0, out + err
+    assert " INFO " not in out + err and "pgflow_trio." not in err  # no log lines
     lines = out.strip().splitlines()
     assert lines[-1] == "8/8 runs completed"
     assert sum(1 for line in lines if ": completed," in line) == 8
-    assert any(line.startswith("  order   7: completed") for line in lines)  # failed once, retried
+    assert any("waiting to retry after a failure" in line for line in lines if "progress:" in line)
+    (retried,) = [line for line in lines if "retried" in line and line.startswith("  order")]
+    assert retried.startswith("  order   7: completed") and retried.endswith("(charge retried: 2 attempts)")
+    progress = [line for line in lines if "progress:" in line]
+    assert len(progress) == len(set(progress))  # a line only when something changed
