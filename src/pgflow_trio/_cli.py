@@ -419,7 +419,7 @@ def _read_input(value: str) -> JSON:
     if value == "-":
         what, text = "--input - (stdin)", sys.stdin.read()
     elif value.startswith("@"):
-        what, text = f"--input {value}", read_text(Path(value[1:]), "--input")
+        what, text = f"--input {value}", read_text(Path(value[1:]), "--input:")
     else:
         what, text = "--input", value
     try:

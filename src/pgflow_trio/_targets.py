@@ -21,7 +21,7 @@ def load_object(target: str) -> object:
         raise DefinitionError(f"target {target!r}: expected package.module:Attr, path/to/file.py:Attr or spec.json")
     if location.endswith(".py"):
         path = Path(location).resolve()
-        read_text(path, f"target {target!r}")  # says why a missing, unreadable or non-UTF-8 file cannot be loaded
+        read_text(path, f"target {target!r}:")  # says why a missing, unreadable or non-UTF-8 file cannot be loaded
         name = f"pgflow_trio_target_{hashlib.sha1(str(path).encode()).hexdigest()[:12]}"
         module = sys.modules.get(name)
         if module is None:

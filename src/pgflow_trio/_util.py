@@ -45,10 +45,10 @@ def unreadable(path: Path, exc: OSError | UnicodeDecodeError) -> str:
 
 
 def read_text(path: Path, what: str) -> str:
-    """The UTF-8 text of a file the user named; ConfigurationError (`what` names its role) when it cannot be read."""
+    """The UTF-8 text of a file the user named; ConfigurationError (starting with `what`) when it cannot be read."""
     try:
         if path.is_dir():
             raise IsADirectoryError(21, "Is a directory", str(path))
         return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigurationError(f"{what}: {unreadable(path, exc)}") from None
+        raise ConfigurationError(f"{what} {unreadable(path, exc)}") from None
