@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import uuid
 
 import trio
@@ -80,14 +81,53 @@ async def test_start_wait_timeout_exits_124(dsn: str) -> None:
     assert code == 124 and "did not finish within 0.3s" in err
 
 
-async def test_flows_upsert_warns_that_history_is_deleted(dsn: str, tmp_path: object) -> None:
+async def test_flows_upsert_warns_only_when_it_deletes_history(dsn: str, tmp_path: object) -> None:
     import pathlib
 
     spec = pathlib.Path(str(tmp_path)) / "flow.json"
     spec.write_text(json.dumps({"slug": "from_cli", "steps": [{"slug": "a"}]}))
     code, out, err = await _cli("flows", "upsert", str(spec), "--dsn", dsn)
-    assert code == 0 and out.strip() == "flow from_cli: created"
-    assert "WARNING: replacing flow from_cli deletes all of its runs" in err
+    assert code == 0 and out.strip() == "flow from_cli: created" and err == ""
+    code, out, err = await _cli("flows", "upsert", str(spec), "--dsn", dsn)
+    assert code == 0 and out.strip() == "flow from_cli: unchanged" and err == ""
+    async with open_engine(dsn) as engine:
+        await engine.start("from_cli", {})
+        await engine.start("from_cli", {})
+    spec.write_text(json.dumps({"slug": "from_cli", "steps": [{"slug": "a"}, {"slug": "b", "deps": ["a"]}]}))
+    code, out, err = await _cli("flows", "upsert", str(spec), "--dsn", dsn)
+    assert code == 0 and out.strip() == "flow from_cli: replaced"
+    assert err.strip() == "WARNING: replacing flow from_cli DELETED the old flow's 2 runs and 2 tasks"
+
+
+async def test_start_wait_names_the_flow_of_a_failed_or_late_run(dsn: str) -> None:
+    with trio.fail_after(60):
+        async with open_engine(dsn) as engine, trio.open_nursery() as nursery:
+            group: WorkerGroup = await nursery.start(functools.partial(engine.serve, flows.Broken, options=FAST))
+            code, _, err = await _cli("start", "broken", "--input", '{"order_id": 5}', "--wait", "--dsn", dsn)
+            assert code == 1 and " of broken failed at step 'charge'" in err, err
+            group.stop()
+        code, _, err = await _cli(
+            "start", "broken", "--input", '{"order_id": 5}', "--wait", "--timeout", "0.3", "--dsn", dsn
+        )
+        assert code == 124 and " of broken did not finish within 0.3s" in err, err
+
+
+async def test_health_exits_1_for_work_that_no_worker_serves(dsn: str) -> None:
+    with trio.fail_after(60):
+        async with open_engine(dsn) as engine:
+            await engine.upsert_flow(flows.Echo)
+            code, out, _ = await _cli("health", "--dsn", dsn)
+            assert code == 0 and out.rstrip().endswith("ok")
+            await engine.start("echo", {})
+            await engine.db.execute("UPDATE pgmq.q_echo SET vt = now() - interval '117 seconds'")
+        code, out, _ = await _cli("health", "--dsn", dsn)
+        assert code == 1, out
+        assert re.search(r"problem: queue echo: 1 message\(s\) waiting, the oldest for 11\ds, and no live worker", out)
+        assert re.search(r"1 visible \(oldest waiting 11\ds\)", out)
+        code, out, _ = await _cli("health", "--allow-no-workers", "--max-age", "60", "--dsn", dsn)
+        assert code == 1 and re.search(r"waited 11\ds for a worker \(max age 60s\)", out)
+        code, out, _ = await _cli("health", "--allow-no-workers", "--no-max-age", "--dsn", dsn)
+        assert code == 0 and out.rstrip().endswith("ok")
 
 
 async def test_health_fails_on_an_empty_database(empty_dsn: str) -> None:
@@ -100,7 +140,12 @@ async def test_demo(empty_dsn: str) -> None:
     with trio.fail_after(120):
         code, out, err = await _cli("demo", "--runs", "8", "--dsn", empty_dsn)
     assert code == 0, out + err
+    assert " INFO " not in out + err and "pgflow_trio." not in err  # no log lines
     lines = out.strip().splitlines()
     assert lines[-1] == "8/8 runs completed"
     assert sum(1 for line in lines if ": completed," in line) == 8
-    assert any(line.startswith("  order   7: completed") for line in lines)  # failed once, retried
+    assert any("waiting to retry after a failure" in line for line in lines if "progress:" in line)
+    (retried,) = [line for line in lines if "retried" in line and line.startswith("  order")]
+    assert retried.startswith("  order   7: completed") and retried.endswith("(charge retried: 2 attempts)")
+    progress = [line for line in lines if "progress:" in line]
+    assert len(progress) == len(set(progress))  # a line only when something changed

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import functools
+import re
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -50,8 +51,8 @@ async def engine_with_workers(dsn: str, *targets: object, **options: object) -> 
 
 
 async def test_unknown_and_invalid_options_name_the_option(dsn: str) -> None:
-    with pytest.raises(ConfigurationError, match=r"unknown engine option\(s\) pool; allowed: check_schema, data_dir"):
-        async with open_engine(dsn, pool=3):
+    with pytest.raises(TypeError, match=r"unexpected keyword argument 'pool'"):
+        async with open_engine(dsn, pool=3):  # type: ignore[call-arg]
             pass
     with pytest.raises(ConfigurationError, match=r"engine option pool_size must be an integer from 1 to 200, got 0"):
         async with open_engine(dsn, pool_size=0):
@@ -59,6 +60,20 @@ async def test_unknown_and_invalid_options_name_the_option(dsn: str) -> None:
     with pytest.raises(ConfigurationError, match=r"engine option events must be True or False"):
         async with open_engine(dsn, events="yes"):
             pass
+
+
+def test_open_engine_takes_exactly_the_engine_options_with_their_defaults() -> None:
+    import inspect
+
+    import attrs
+
+    from pgflow_trio import EngineOptions
+
+    parameters = inspect.signature(open_engine).parameters
+    for field in attrs.fields(EngineOptions):
+        assert parameters[field.name].kind is inspect.Parameter.KEYWORD_ONLY
+        assert parameters[field.name].default == field.default, field.name
+    assert set(parameters) == {"dsn", "install"} | {f.name for f in attrs.fields(EngineOptions)}
 
 
 async def test_an_incomplete_schema_names_the_install_command(empty_dsn: str) -> None:
@@ -366,4 +381,76 @@ async def test_health_check(dsn: str) -> None:
     assert report.ok and report.database == "reachable" and report.core_version == "0.8.1"
     (echo,) = [q for q in report.queues if q.queue == "echo"]
     assert (echo.workers_alive, echo.workers_stale) == (1, 1)
-    assert report.problems == ("queue echo: 1 worker(s) stopped heartbeating",)
+    assert report.problems == ()
+    assert report.warnings == ("queue echo: 1 worker(s) stopped heartbeating",)
+
+
+async def test_health_reports_work_nobody_serves_and_how_long_it_waited(dsn: str) -> None:
+    with trio.fail_after(30):
+        async with open_engine(dsn) as engine:
+            await engine.upsert_flow(flows.Echo)
+            await engine.upsert_flow(flows.Broken)
+            for _ in range(3):
+                await engine.start("echo", {})
+            await engine.enqueue("broken", {"order_id": 1}, delay=3600)  # delayed: not waiting for anyone yet
+            # Make the echo messages look as if they became visible two minutes ago.
+            await engine.db.execute("UPDATE pgmq.q_echo SET vt = now() - interval '117 seconds'")
+            unhealthy = await engine.health_check()
+            tolerant = await engine.health_check(max_age=None, require_workers=False)
+            strict = await engine.health_check(max_age=60, require_workers=False)
+    assert not unhealthy.ok
+    echo, broken = (next(q for q in unhealthy.queues if q.queue == slug) for slug in ("echo", "broken"))
+    assert (echo.depth, echo.visible, echo.workers_alive) == (3, 3, 0)
+    assert echo.oldest_visible_age is not None and 117 <= echo.oldest_visible_age < 150
+    assert (broken.depth, broken.visible, broken.oldest_visible_age) == (1, 0, None)
+    (problem,) = unhealthy.problems
+    assert re.fullmatch(r"queue echo: 3 message\(s\) waiting, the oldest for 11\ds, and no live worker", problem)
+    assert tolerant.ok and tolerant.problems == ()
+    (problem,) = strict.problems
+    assert re.fullmatch(r"queue echo: a message has waited 11\ds for a worker \(max age 60s\)", problem)
+    with pytest.raises(ConfigurationError, match="max_age"):
+        await engine.health_check(max_age=-1)
+
+
+async def test_a_handle_from_a_run_id_learns_its_flow(dsn: str) -> None:
+    with trio.fail_after(30):
+        async with engine_with_workers(dsn, flows.Broken) as engine:
+            await engine.upsert_flow(flows.Echo)
+            waiting = await engine.start("echo", {})
+            with pytest.raises(RunTimeout, match=rf"run {waiting.run_id} of echo did not finish"):
+                await engine.handle(waiting.run_id).result(timeout=0.2)
+            failing = await engine.start(flows.Broken, flows.Order(order_id=3))
+            handle = engine.handle(failing.run_id)
+            assert handle.flow_slug is None
+            with pytest.raises(RunFailed, match=rf"run {failing.run_id} of broken failed"):
+                await handle.result(timeout=20)
+            assert handle.flow_slug == "broken"
+
+
+async def test_open_engine_installs_the_schema_when_asked(empty_dsn: str) -> None:
+    with trio.fail_after(120):
+        async with open_engine(empty_dsn, install=True) as engine:
+            assert (await engine.health_check()).schema_version is not None
+        async with open_engine(empty_dsn, install=True) as engine:  # complete: nothing to do
+            assert await engine.list_flows() == []
+
+
+async def test_a_missing_schema_leaves_trio_run_as_one_plain_schema_error(empty_dsn: str) -> None:
+    async def main() -> None:  # the README's shape: the engine, then a nursery for workers
+        async with open_engine(empty_dsn) as engine, trio.open_nursery():
+            await engine.list_flows()
+
+    def run() -> BaseException | None:
+        try:
+            trio.run(main)
+        except BaseException as exc:
+            return exc
+        return None
+
+    with trio.fail_after(60):
+        exc = await trio.to_thread.run_sync(run)
+    assert type(exc) is SchemaError
+    assert exc.__cause__ is None and exc.__suppress_context__
+    message = str(exc)
+    assert "\n" not in message
+    assert "run `python -m pgflow_trio db install`" in message and "open_engine(install=True)" in message

@@ -4,38 +4,229 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import logging
+import math
 import os
 import signal
 import sys
-from collections.abc import Sequence
+import types
+import typing
+import uuid
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
+import attrs
 import trio
 
 from ._admin import check_schema, install_schema
 from ._compile import compile_flow
 from ._cron import list_schedules, sync_schedules
 from ._db import open_database
+from ._definition import FlowDef
 from ._demo import run_demo
-from ._engine import open_engine
+from ._dsn import resolve_dsn, with_connect_timeout
+from ._engine import EngineOptions, open_engine
 from ._errors import ConfigurationError, PgflowError
 from ._flow import definition_of
-from ._records import RunFailed, RunTimeout
+from ._records import JSON, RunFailed, RunTimeout
+from ._runs import checked_slug
 from ._schema import INSTALL_COMMAND, install_script
 from ._serde import structure
 from ._spec import load_spec_file
 from ._targets import load_object, load_target
-from ._util import single_leaf
+from ._util import read_text, single_leaf, unreadable
 from ._worker import WorkerGroup, WorkerOptions, serve
 
 log = logging.getLogger("pgflow_trio")
 
 
+@attrs.frozen
+class Setting:
+    """A command-line option that is also an environment variable and a field of an options class.
+
+    The field's type, validation and default come from the options class, so adding an option is one line in a
+    table below. Environment values are read when the command runs, never while the parser is built."""
+
+    flag: str
+    field: str
+    env: str
+    help: str
+
+    def dest(self) -> str:
+        return self.flag.lstrip("-").replace("-", "_")
+
+
+WORKER_SETTINGS = (
+    Setting("--concurrency", "concurrency", "PGFLOW_CONCURRENCY", "tasks run at once per flow"),
+    Setting("--batch-size", "batch_size", "PGFLOW_BATCH_SIZE", "most messages read at once"),
+    Setting("--signal", "signal", "PGFLOW_SIGNAL", "how new work is noticed"),
+    Setting(
+        "--shutdown-grace", "shutdown_grace", "PGFLOW_SHUTDOWN_GRACE", "seconds running tasks get to finish on stop"
+    ),
+    Setting("--heartbeat-interval", "heartbeat_interval", "PGFLOW_HEARTBEAT_INTERVAL", "seconds between heartbeats"),
+    Setting(
+        "--stale-after",
+        "stale_after",
+        "PGFLOW_STALE_AFTER",
+        "a worker silent this long is presumed dead and its tasks recovered",
+    ),
+    Setting("--recovery-interval", "recovery_interval", "PGFLOW_RECOVERY_INTERVAL", "seconds between recovery sweeps"),
+)
+CONNECT_TIMEOUT = Setting(
+    "--connect-timeout", "connect_timeout", "PGFLOW_CONNECT_TIMEOUT", "seconds a connection may take to open"
+)
+STALE_AFTER = Setting("--stale-after", "stale_after", "PGFLOW_STALE_AFTER", "workers silent this long count as stale")
+
+
+def _value_type(options: type[Any], field: str) -> Any:
+    """The field's type without None: int, float, str or a Literal of choices."""
+    hint = typing.get_type_hints(options)[field]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) in (types.UnionType, typing.Union) and len(args) == 1:
+        hint = args[0]
+    return hint
+
+
+def _convert(text: str, hint: Any) -> object:
+    """`text` as a value of `hint`; ValueError with what was expected."""
+    if typing.get_origin(hint) is typing.Literal:
+        if text not in typing.get_args(hint):
+            raise ValueError(f"expected one of {', '.join(map(str, typing.get_args(hint)))}")
+        return text
+    if hint is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError("expected an integer") from None
+    if hint is float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError("expected a number") from None
+        if not math.isfinite(value):
+            raise ValueError("expected a finite number")
+        return value
+    if hint is str:
+        return text
+    raise TypeError(f"no command-line conversion for {hint!r}")
+
+
+def add_settings(parser: argparse.ArgumentParser, options: type[Any], settings: Sequence[Setting]) -> None:
+    """One flag per setting; its help shows the environment variable and the options class's default."""
+    fields = attrs.fields_dict(options)
+    for setting in settings:
+        hint = _value_type(options, setting.field)
+        default = fields[setting.field].default
+        shown = "none" if default is None else f"{default:g}" if isinstance(default, float) else default
+        extra: dict[str, Any] = {}
+        if typing.get_origin(hint) is typing.Literal:
+            extra["choices"] = typing.get_args(hint)
+        else:
+            extra["metavar"] = "N" if hint is int else "SECONDS" if hint is float else "VALUE"
+        parser.add_argument(
+            setting.flag,
+            dest=setting.dest(),
+            type=functools.partial(_flag_value, hint),
+            default=None,
+            help=f"{setting.help} (${setting.env}, default {shown})",
+            **extra,
+        )
+
+
+def _flag_value(hint: Any, text: str) -> object:
+    try:
+        return _convert(text, hint)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
+
+
+def settings_from(args: argparse.Namespace, options: type[Any], settings: Sequence[Setting]) -> dict[str, Any]:
+    """The options given by flag, else by environment variable, each validated by its field's validator, with a
+    ConfigurationError naming the flag or variable. Unset options are left out (the class default applies)."""
+    fields = attrs.fields_dict(options)
+    values: dict[str, Any] = {}
+    for setting in settings:
+        value = getattr(args, setting.dest(), None)
+        source = setting.flag
+        if value is None:
+            text = os.environ.get(setting.env)
+            if not text:
+                continue
+            source = f"${setting.env}={text!r}"
+            try:
+                value = _convert(text, _value_type(options, setting.field))
+            except ValueError as exc:
+                raise ConfigurationError(f"{source}: {exc}") from None
+        field = fields[setting.field]
+        if field.validator is not None:
+            try:
+                field.validator(None, field, value)
+            except ConfigurationError as exc:
+                raise ConfigurationError(f"{source}: {exc}") from None
+        values[setting.field] = value
+    return values
+
+
+def _positive_number(text: str) -> float:
+    """argparse type: seconds > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return value
+
+
+def _non_negative_number(text: str) -> float:
+    """argparse type: seconds >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text}")
+    return value
+
+
+def _int_between(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be from {low} to {high}, got {value}")
+        return value
+
+    return parse
+
+
+def _run_id(text: str) -> str:
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a UUID") from None
+
+
+def _readable_file(text: str) -> Path:
+    """argparse type: a path to a file that exists and can be read."""
+    path = Path(text)
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(unreadable(path, exc)) from None
+    return path
+
+
 def _add_database_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dsn", help="PostgreSQL DSN (default: $PGFLOW_DSN, else the embedded PostgreSQL)")
     parser.add_argument("--data-dir", type=Path, help="data directory of the embedded PostgreSQL")
+    add_settings(parser, EngineOptions, [CONNECT_TIMEOUT])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,11 +238,15 @@ def build_parser() -> argparse.ArgumentParser:
     db_commands = db.add_subparsers(dest="db_command", required=True)
     install = db_commands.add_parser("install", help="install pgmq, pgflow core 0.8.1 and pgflow_trio's schema")
     _add_database_options(install)
-    install.add_argument("--core-tarball", type=Path, help="the @pgflow/core 0.8.1 npm tarball (default: npm pack)")
+    install.add_argument(
+        "--core-tarball", type=_readable_file, help="the @pgflow/core 0.8.1 npm tarball (default: npm pack)"
+    )
     check = db_commands.add_parser("check", help="print what is installed; exit 1 when something is missing")
     _add_database_options(check)
     sql = db_commands.add_parser("sql", help="print the complete install SQL for your own migration tool")
-    sql.add_argument("--core-tarball", type=Path, help="the @pgflow/core 0.8.1 npm tarball (default: npm pack)")
+    sql.add_argument(
+        "--core-tarball", type=_readable_file, help="the @pgflow/core 0.8.1 npm tarball (default: npm pack)"
+    )
     sql.add_argument(
         "--pgmq",
         choices=["extension", "sql", "skip"],
@@ -63,58 +258,21 @@ def build_parser() -> argparse.ArgumentParser:
     worker = commands.add_parser("worker", help="run workers for flows and jobs until SIGINT/SIGTERM")
     worker.add_argument("targets", nargs="+", metavar="TARGET", help="package.module:Attr or path/to/file.py:Attr")
     _add_database_options(worker)
-    worker.add_argument(
-        "--concurrency",
-        type=int,
-        default=_env_int("PGFLOW_CONCURRENCY", 10),
-        help="tasks run at once per flow (PGFLOW_CONCURRENCY, default 10)",
-    )
-    worker.add_argument(
-        "--batch-size",
-        type=int,
-        default=_env_int("PGFLOW_BATCH_SIZE", 10),
-        help="most messages read at once (PGFLOW_BATCH_SIZE, default 10)",
-    )
-    worker.add_argument(
-        "--signal",
-        choices=["poll", "notify"],
-        default=os.environ.get("PGFLOW_SIGNAL", "notify"),
-        help="how new work is noticed (PGFLOW_SIGNAL, default notify)",
-    )
-    worker.add_argument(
-        "--shutdown-grace",
-        type=float,
-        default=_env_float("PGFLOW_SHUTDOWN_GRACE", 10.0),
-        help="seconds running tasks get to finish on stop (PGFLOW_SHUTDOWN_GRACE, default 10)",
-    )
-    worker.add_argument(
-        "--heartbeat-interval",
-        type=float,
-        default=_env_float("PGFLOW_HEARTBEAT_INTERVAL", 5.0),
-        help="seconds between heartbeats (PGFLOW_HEARTBEAT_INTERVAL, default 5)",
-    )
-    worker.add_argument(
-        "--stale-after",
-        type=float,
-        default=_env_float("PGFLOW_STALE_AFTER", 30.0),
-        help="a worker silent this long is presumed dead and its tasks recovered (PGFLOW_STALE_AFTER, default 30)",
-    )
-    worker.add_argument(
-        "--recovery-interval",
-        type=float,
-        default=_env_float("PGFLOW_RECOVERY_INTERVAL", 10.0),
-        help="seconds between recovery sweeps (PGFLOW_RECOVERY_INTERVAL, default 10)",
-    )
+    add_settings(worker, WorkerOptions, WORKER_SETTINGS)
     worker.add_argument(
         "--no-scheduler", action="store_true", help="do not run the built-in cron scheduler in this process"
     )
 
     start = commands.add_parser("start", help="start a run; print its id, or its output with --wait")
     start.add_argument("target", metavar="SLUG|TARGET", help="a flow slug, package.module:Attr or file.py:Attr")
-    start.add_argument("--input", required=True, help="the flow input as JSON")
+    start.add_argument(
+        "--input", required=True, help="the flow input as JSON; @FILE reads it from a file, - from stdin"
+    )
     start.add_argument("--wait", action="store_true", help="wait for the run and print its output")
-    start.add_argument("--timeout", type=float, help="with --wait: give up after this many seconds (exit 124)")
-    start.add_argument("--run-id", help="a UUID: starting the same id again returns the existing run")
+    start.add_argument(
+        "--timeout", type=_positive_number, help="with --wait: give up after this many seconds (exit 124)"
+    )
+    start.add_argument("--run-id", type=_run_id, help="a UUID: starting the same id again returns the existing run")
     _add_database_options(start)
 
     runs = commands.add_parser("runs", help="inspect runs")
@@ -122,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     runs_list = runs_commands.add_parser("list", help="runs, newest first")
     runs_list.add_argument("--flow", help="only runs of this flow slug")
     runs_list.add_argument("--status", choices=["started", "completed", "failed"])
-    runs_list.add_argument("--limit", type=int, default=20)
+    runs_list.add_argument("--limit", type=_int_between(1, 1000), default=20, help="runs per page (1-1000)")
     runs_list.add_argument("--cursor", help="the next-page cursor a previous listing printed")
     _add_database_options(runs_list)
     runs_show = runs_commands.add_parser("show", help="one run with the state of every step")
@@ -146,7 +304,24 @@ def build_parser() -> argparse.ArgumentParser:
     flows_upsert.add_argument("--force", action="store_true", help="even while live workers serve it")
     _add_database_options(flows_upsert)
 
-    health = commands.add_parser("health", help="database, schema, workers and queues; exit 1 when unhealthy")
+    health = commands.add_parser(
+        "health",
+        help="database, schema, workers and queues; exit 1 when unhealthy (a liveness probe)",
+        description="Exit 0 when healthy; 1 when the schema is incomplete, a queue holds visible work and no live "
+        "worker serves it, or work has waited longer than --max-age; 2 when the check cannot run.",
+    )
+    health.add_argument(
+        "--max-age",
+        type=_non_negative_number,
+        default=300.0,
+        metavar="SECONDS",
+        help="unhealthy when a visible message has waited longer than this for a worker (default 300)",
+    )
+    health.add_argument("--no-max-age", action="store_true", help="no limit on how long work may wait")
+    health.add_argument(
+        "--allow-no-workers", action="store_true", help="a queue with work and no live worker is not a problem"
+    )
+    add_settings(health, EngineOptions, [STALE_AFTER])
     _add_database_options(health)
 
     cron = commands.add_parser("cron", help="cron schedules of flows and jobs")
@@ -167,7 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_database_options(cron_list)
 
     demo = commands.add_parser("demo", help="run the order demo end to end (embedded PostgreSQL by default)")
-    demo.add_argument("--runs", type=int, default=20, help="how many runs to start (default 20)")
+    demo.add_argument("--runs", type=_int_between(1, 1000), default=20, help="how many runs to start (default 20)")
     _add_database_options(demo)
 
     compile_ = commands.add_parser("compile", help="print the SQL that creates a flow (as @pgflow/dsl compiles it)")
@@ -176,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def _db_install(args: argparse.Namespace) -> int:
-    report = await install_schema(args.dsn, core_tarball=args.core_tarball, data_dir=args.data_dir)
+    report = await install_schema(args.dsn, core_tarball=args.core_tarball, **_engine_options(args))
     if report.changed:
         for name in report.applied:
             print(f"applied {name}")
@@ -186,7 +361,7 @@ async def _db_install(args: argparse.Namespace) -> int:
 
 
 async def _db_check(args: argparse.Namespace) -> int:
-    status = await check_schema(args.dsn, data_dir=args.data_dir)
+    status = await check_schema(args.dsn, **_engine_options(args))
     for line in status.lines():
         print(line)
     if status.ok:
@@ -199,33 +374,26 @@ async def _db_check(args: argparse.Namespace) -> int:
     return 1
 
 
-def _env_int(name: str, default: int) -> int:
-    value = os.environ.get(name)
-    return int(value) if value else default
-
-
-def _env_float(name: str, default: float) -> float:
-    value = os.environ.get(name)
-    return float(value) if value else default
+def _engine_options(args: argparse.Namespace) -> dict[str, Any]:
+    """open_engine keywords from the database options every command has."""
+    return {"data_dir": args.data_dir, **settings_from(args, EngineOptions, [CONNECT_TIMEOUT])}
 
 
 async def _worker(args: argparse.Namespace) -> int:
     options = WorkerOptions(
-        concurrency=args.concurrency,
-        batch_size=args.batch_size,
-        signal=args.signal,
-        shutdown_grace=args.shutdown_grace,
-        heartbeat_interval=args.heartbeat_interval,
-        stale_after=args.stale_after,
-        recovery_interval=args.recovery_interval,
+        **settings_from(args, WorkerOptions, WORKER_SETTINGS),
         scheduler=not args.no_scheduler,
     )
+    connect_timeout = settings_from(args, EngineOptions, [CONNECT_TIMEOUT]).get("connect_timeout")
     targets = [load_object(target) for target in args.targets]
+    dsn = await resolve_dsn(args.dsn, data_dir=args.data_dir)
+    if connect_timeout is not None:
+        dsn = with_connect_timeout(dsn, connect_timeout)
     listening = trio.CancelScope()
 
     async def serve_then_stop_listening(*, task_status: trio.TaskStatus[WorkerGroup]) -> None:
         try:
-            await serve(*targets, dsn=args.dsn, options=options, data_dir=args.data_dir, task_status=task_status)
+            await serve(*targets, dsn=dsn, options=options, task_status=task_status)
         finally:
             listening.cancel()
 
@@ -246,22 +414,40 @@ async def _worker(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _start(args: argparse.Namespace) -> int:
+def _read_input(value: str) -> JSON:
+    """--input: JSON text, `@FILE` (read from the file) or `-` (read from stdin); no argument-length limit."""
+    if value == "-":
+        what, text = "--input - (stdin)", sys.stdin.read()
+    elif value.startswith("@"):
+        what, text = f"--input {value}", read_text(Path(value[1:]), "--input:")
+    else:
+        what, text = "--input", value
     try:
-        data = json.loads(args.input)
+        data: JSON = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ConfigurationError(f"--input is not valid JSON: {exc}") from exc
-    async with open_engine(args.dsn, data_dir=args.data_dir) as engine:
-        if ":" in args.target:
-            flow = definition_of(load_object(args.target))
-            value = structure(data, flow.input_type, what=f"--input for {flow.slug}") if flow.typed else data
+        raise ConfigurationError(f"{what} is not valid JSON: {exc}") from None
+    return data
+
+
+async def _start(args: argparse.Namespace) -> int:
+    data = _read_input(args.input)  # everything is checked before the run is created
+    flow: FlowDef | None = None
+    value: object = data
+    if ":" in args.target:
+        flow = definition_of(load_object(args.target))
+        if flow.typed:
+            value = structure(data, flow.input_type, what=f"--input for {flow.slug}")
+    else:
+        checked_slug(args.target)
+    async with open_engine(args.dsn, **_engine_options(args)) as engine:
+        if flow is not None:
             handle = await engine.start(flow, value, run_id=args.run_id)
         else:
             handle = await engine.start(args.target, data, run_id=args.run_id)
-        print(handle.run_id)
+        print(handle.run_id, flush=True)
         if not args.wait:
             return 0
-        raw = engine.handle(handle.run_id)
+        raw = engine.handle(handle.run_id, handle.flow_slug)
         try:
             output = await raw.result(timeout=args.timeout)
         except RunFailed as exc:
@@ -279,7 +465,7 @@ def _when(value: datetime.datetime | None) -> str:
 
 
 async def _runs(args: argparse.Namespace) -> int:
-    async with open_engine(args.dsn, data_dir=args.data_dir, events=False) as engine:
+    async with open_engine(args.dsn, events=False, **_engine_options(args)) as engine:
         if args.runs_command == "list":
             page = await engine.list_runs(flow=args.flow, status=args.status, limit=args.limit, cursor=args.cursor)
             print(f"{'run_id':36}  {'flow':24}  {'status':9}  started")
@@ -305,7 +491,8 @@ async def _runs(args: argparse.Namespace) -> int:
 
 
 async def _flows(args: argparse.Namespace) -> int:
-    async with open_engine(args.dsn, data_dir=args.data_dir, events=False) as engine:
+    spec = load_spec_file(args.spec) if args.flows_command == "upsert" else None
+    async with open_engine(args.dsn, events=False, **_engine_options(args)) as engine:
         if args.flows_command == "list":
             for info in await engine.list_flows():
                 counts = ", ".join(f"{k} {v}" for k, v in sorted(info.runs.items())) or "no runs"
@@ -319,16 +506,21 @@ async def _flows(args: argparse.Namespace) -> int:
             deleted = await engine.delete_flow(args.slug, force=args.force)
             print(f"DELETED flow {args.slug}: {deleted['runs']} runs, {deleted['step_tasks']} tasks, and its queue")
             return 0
-        flow = load_spec_file(args.spec)
-        print(f"WARNING: replacing flow {flow.slug} deletes all of its runs and tasks", file=sys.stderr)
-        outcome = await engine.upsert_flow(flow, force=args.force)
-        print(f"flow {flow.slug}: {outcome}")
+        assert spec is not None
+        outcome, deleted = await engine._upsert_flow(spec, force=args.force)
+        print(f"flow {spec.slug}: {outcome}")
+        if outcome == "replaced":
+            print(
+                f"WARNING: replacing flow {spec.slug} DELETED the old flow's {deleted.get('runs', 0)} runs and "
+                f"{deleted.get('step_tasks', 0)} tasks",
+                file=sys.stderr,
+            )
         return 0
 
 
 async def _cron(args: argparse.Namespace) -> int:
     flows = [load_target(target)[0] for target in args.targets]
-    async with open_engine(args.dsn, data_dir=args.data_dir, events=False) as engine:
+    async with open_engine(args.dsn, events=False, **_engine_options(args)) as engine:
         if args.cron_command == "list":
             for item in await list_schedules(engine.db, flows):
                 upcoming = ", ".join(t.isoformat(timespec="seconds") for t in item.next_ticks) or "-"
@@ -355,19 +547,27 @@ async def _cron(args: argparse.Namespace) -> int:
     return 0
 
 
+def _age(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds:.0f}s"
+
+
 async def _health(args: argparse.Namespace) -> int:
-    async with open_engine(args.dsn, data_dir=args.data_dir, events=False, check_schema=False) as engine:
-        report = await engine.health_check()
+    options = {**_engine_options(args), **settings_from(args, EngineOptions, [STALE_AFTER])}
+    async with open_engine(args.dsn, events=False, check_schema=False, **options) as engine:
+        report = await engine.health_check(
+            max_age=None if args.no_max_age else args.max_age, require_workers=not args.allow_no_workers
+        )
     print(
         f"database: {report.database}  server {report.server_version}  core {report.core_version}  "
         f"schema {report.schema_version}"
     )
     for q in report.queues:
-        age = "-" if q.oldest_message_age is None else f"{q.oldest_message_age}s"
         print(
             f"  queue {q.queue:32} workers {q.workers_alive} alive, {q.workers_stale} stale; "
-            f"depth {q.depth}, oldest {age}"
+            f"{q.visible} visible (oldest waiting {_age(q.oldest_visible_age)}), {q.depth} in all"
         )
+    for warning in report.warnings:
+        print(f"warning: {warning}")
     for problem in report.problems:
         print(f"problem: {problem}")
     print("ok" if report.ok else "unhealthy")
@@ -388,7 +588,9 @@ async def _run(args: argparse.Namespace) -> int:
     if args.command == "cron":
         return await _cron(args)
     if args.command == "demo":
-        completed = await run_demo(args.runs, args.dsn, args.data_dir)
+        completed = await run_demo(
+            args.runs, args.dsn, args.data_dir, **settings_from(args, EngineOptions, [CONNECT_TIMEOUT])
+        )
         return 0 if completed == args.runs else 1
     if args.command == "compile":
         flow, _ = load_target(args.target)

@@ -9,7 +9,7 @@ import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Generic, TypeVar, overload
+from typing import Any, Generic, Literal, TypeAlias, TypeVar, overload
 
 import attrs
 import trio
@@ -17,14 +17,15 @@ import trio
 from ._db import Connection, Database, Record, open_database
 from ._definition import FlowDef
 from ._dsn import resolve_dsn
-from ._errors import ConfigurationError
+from ._errors import ConfigurationError, SchemaError
 from ._events import Event, EventHub, RunEvent, Snapshot, _Resync
 from ._execute import decode_run_output, encode_input
 from ._flow import Definition, definition_of
 from ._manage import delete_flow, flow_from_database, health, list_flows, upsert_flow
-from ._records import FlowInfo, Health, Run, RunFailed, RunNotFound, RunPage, RunTimeout
+from ._records import JSON, FlowInfo, Health, JSONInput, Run, RunFailed, RunNotFound, RunPage, RunTimeout
 from ._runs import checked_slug, failure_of, fetch_run, list_runs, start_run
-from ._schema import CORE_VERSION, require_complete
+from ._schema import CORE_VERSION, check, require_complete
+from ._schema import install as install_into
 from ._serde import to_json
 from ._util import unwrap_single_errors
 from ._worker import WorkerGroup, WorkerOptions, run_workers
@@ -32,6 +33,23 @@ from ._worker import WorkerGroup, WorkerOptions, run_workers
 In = TypeVar("In")
 Out = TypeVar("Out")
 _FINAL = frozenset({"run:completed", "run:failed"})
+
+FlowRef: TypeAlias = "str | type[Definition[Any, Any]] | Definition[Any, Any] | FlowDef"
+"""How the engine's inspection and management calls name a flow: its slug, its class or instance, or a FlowDef."""
+
+
+def _slug_of(flow: FlowRef) -> str:
+    if isinstance(flow, str):
+        return checked_slug(flow)
+    return definition_of(flow).slug
+
+
+async def _require_schema(db: Database) -> None:
+    """require_complete, its SchemaError raised plainly (no cause, no group) and naming both fixes."""
+    try:
+        await require_complete(db)
+    except SchemaError as exc:
+        raise SchemaError(f"{exc} (or open the engine with open_engine(install=True))") from None
 
 
 def _int_in_range(name: str, low: int, high: int) -> Any:
@@ -45,6 +63,11 @@ def _int_in_range(name: str, low: int, high: int) -> Any:
 def _positive_float(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
         raise ConfigurationError(f"engine option {attribute.name} must be a positive number, got {value!r}")
+
+
+def _optional_positive_float(instance: object, attribute: attrs.Attribute[float | None], value: float | None) -> None:
+    if value is not None:
+        _positive_float(instance, attribute, value)  # type: ignore[arg-type]
 
 
 def _bool(instance: object, attribute: attrs.Attribute[bool], value: bool) -> None:
@@ -70,14 +93,8 @@ class EngineOptions:
     """Refuse to open against a database whose schema is incomplete (naming the install command)."""
     data_dir: Path | None = None
     """Data directory of the embedded PostgreSQL when no DSN is given."""
-
-
-def engine_options(options: Mapping[str, Any]) -> EngineOptions:
-    allowed = sorted(f.name for f in attrs.fields(EngineOptions))
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise ConfigurationError(f"unknown engine option(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}")
-    return EngineOptions(**options)
+    connect_timeout: float | None = attrs.field(default=None, validator=_optional_positive_float)
+    """Seconds a new connection may take. None: the DSN's connect_timeout, else $PGFLOW_CONNECT_TIMEOUT, else 10."""
 
 
 def _as_uuid(value: uuid.UUID | str | None, what: str = "run id") -> uuid.UUID | None:
@@ -115,10 +132,13 @@ def _when(
 class RunHandle(Generic[Out]):
     """A started run. `await handle.result()` waits (on events) for its typed output."""
 
-    def __init__(self, engine: Engine, run_id: uuid.UUID, flow_slug: str, flow: FlowDef | None, existed: bool):
+    def __init__(
+        self, engine: Engine, run_id: uuid.UUID, flow_slug: str | None, flow: FlowDef | None, existed: bool
+    ) -> None:
         self._engine = engine
         self.run_id = run_id
         self.flow_slug = flow_slug
+        """The run's flow; None on a handle from `engine.handle(run_id)` until it has read the run."""
         self.existed = existed
         """True when `run_id=` named a run that already existed (an idempotent start)."""
         self._flow = flow
@@ -126,22 +146,28 @@ class RunHandle(Generic[Out]):
     def __repr__(self) -> str:
         return f"RunHandle({self.flow_slug!r}, {self.run_id})"
 
+    def _learn(self, run: Run) -> Run:
+        self.flow_slug = run.flow_slug
+        return run
+
     async def result(self, timeout: float | None = None) -> Out:  # noqa: ASYNC109 - the documented API
         """The run's output in the flow's output type; RunFailed if it failed, RunTimeout after `timeout` s."""
+        if self.flow_slug is None:  # so that RunFailed/RunTimeout can name the flow
+            self._learn(await self._engine._get_run(self.run_id, with_states=False))
         with trio.move_on_after(math.inf if timeout is None else timeout) as scope:
             run = await self._engine._wait_finished(self.run_id)
         if scope.cancelled_caught:
             raise RunTimeout(f"run {self.run_id} of {self.flow_slug} did not finish within {timeout}s")
         if run.status == "failed":
             step, error = await self._engine.db.run(functools.partial(failure_of, run_id=self.run_id))
-            raise RunFailed(self.run_id, self.flow_slug, step, error)
+            raise RunFailed(self.run_id, run.flow_slug, step, error)
         if self._flow is None:
-            return run.output  # type: ignore[no-any-return]
+            return run.output  # type: ignore[return-value]  # an untyped handle is RunHandle[JSON]
         result: Out = decode_run_output(self._flow, run.output)
         return result
 
     async def get(self, *, with_states: bool = False) -> Run:
-        return await self._engine._get_run(self.run_id, with_states=with_states)
+        return self._learn(await self._engine._get_run(self.run_id, with_states=with_states))
 
     def watch(self) -> AsyncIterator[Event]:
         return self._engine.watch(self.run_id)
@@ -160,9 +186,9 @@ class _Starter:
         self, flow: type[Definition[In, Out]] | Definition[In, Out], input: In, *, run_id: uuid.UUID | str | None = None
     ) -> RunHandle[Out]: ...
     @overload
-    async def start(
-        self, flow: str | FlowDef, input: Any, *, run_id: uuid.UUID | str | None = None
-    ) -> RunHandle[Any]: ...
+    async def start(self, flow: str, input: JSONInput, *, run_id: uuid.UUID | str | None = None) -> RunHandle[JSON]: ...
+    @overload
+    async def start(self, flow: FlowDef, input: object, *, run_id: uuid.UUID | str | None = None) -> RunHandle[Any]: ...
     async def start(self, flow: Any, input: Any, *, run_id: uuid.UUID | str | None = None) -> RunHandle[Any]:
         """Start a run of a flow (class, instance, FlowDef or slug). With `run_id`, starting the same id again
         returns the existing run instead of failing or duplicating it (`handle.existed`)."""
@@ -205,8 +231,18 @@ class _Starter:
     @overload
     async def enqueue(
         self,
-        job: str | FlowDef,
-        input: Any,
+        job: str,
+        input: JSONInput,
+        *,
+        delay: float | datetime.timedelta | None = None,
+        at: datetime.datetime | None = None,
+        run_id: uuid.UUID | str | None = None,
+    ) -> RunHandle[JSON]: ...
+    @overload
+    async def enqueue(
+        self,
+        job: FlowDef,
+        input: object,
         *,
         delay: float | datetime.timedelta | None = None,
         at: datetime.datetime | None = None,
@@ -226,13 +262,31 @@ class _Starter:
         when, seconds = _when(delay, at)
         return await self._start(job, input, run_id=run_id, at=when, delay=seconds)
 
+    @overload
+    async def enqueue_in(
+        self, job: type[Definition[In, Out]] | Definition[In, Out], input: In, seconds: float | datetime.timedelta
+    ) -> RunHandle[Out]: ...
+    @overload
+    async def enqueue_in(self, job: str, input: JSONInput, seconds: float | datetime.timedelta) -> RunHandle[JSON]: ...
+    @overload
+    async def enqueue_in(self, job: FlowDef, input: object, seconds: float | datetime.timedelta) -> RunHandle[Any]: ...
     async def enqueue_in(self, job: Any, input: Any, seconds: float | datetime.timedelta) -> RunHandle[Any]:
         """`enqueue(job, input, delay=seconds)`."""
-        return await self.enqueue(job, input, delay=seconds)
+        handle: RunHandle[Any] = await self.enqueue(job, input, delay=seconds)
+        return handle
 
+    @overload
+    async def enqueue_at(
+        self, job: type[Definition[In, Out]] | Definition[In, Out], input: In, when: datetime.datetime
+    ) -> RunHandle[Out]: ...
+    @overload
+    async def enqueue_at(self, job: str, input: JSONInput, when: datetime.datetime) -> RunHandle[JSON]: ...
+    @overload
+    async def enqueue_at(self, job: FlowDef, input: object, when: datetime.datetime) -> RunHandle[Any]: ...
     async def enqueue_at(self, job: Any, input: Any, when: datetime.datetime) -> RunHandle[Any]:
         """`enqueue(job, input, at=when)`."""
-        return await self.enqueue(job, input, at=when)
+        handle: RunHandle[Any] = await self.enqueue(job, input, at=when)
+        return handle
 
 
 class EngineTransaction(_Starter):
@@ -296,18 +350,30 @@ class Engine(_Starter):
         """The run with the state of each of its steps, in step order."""
         return await self._get_run(run_id, with_states=True)
 
-    def handle(self, run_id: uuid.UUID | str, flow: Any = None) -> RunHandle[Any]:
-        """A handle on an existing run (pass its flow class to get typed results)."""
+    @overload
+    def handle(
+        self, run_id: uuid.UUID | str, flow: type[Definition[In, Out]] | Definition[In, Out]
+    ) -> RunHandle[Out]: ...
+    @overload
+    def handle(self, run_id: uuid.UUID | str, flow: str | None = None) -> RunHandle[JSON]: ...
+    @overload
+    def handle(self, run_id: uuid.UUID | str, flow: FlowDef) -> RunHandle[Any]: ...
+    def handle(self, run_id: uuid.UUID | str, flow: FlowRef | None = None) -> RunHandle[Any]:
+        """A handle on an existing run (pass its flow class to get typed results). Without the flow, the handle
+        reads the run's flow slug from the database when it first needs it."""
         rid = _as_uuid(run_id)
         assert rid is not None
-        definition = definition_of(flow) if flow is not None else None
-        slug = definition.slug if definition is not None else "?"
-        return RunHandle(self, rid, slug, definition if definition is not None and definition.typed else None, True)
+        if flow is None:
+            return RunHandle(self, rid, None, None, True)
+        if isinstance(flow, str):
+            return RunHandle(self, rid, checked_slug(flow), None, True)
+        definition = definition_of(flow)
+        return RunHandle(self, rid, definition.slug, definition if definition.typed else None, True)
 
     async def list_runs(
         self,
         *,
-        flow: Any = None,
+        flow: FlowRef | None = None,
         status: str | None = None,
         started_after: datetime.datetime | None = None,
         started_before: datetime.datetime | None = None,
@@ -322,7 +388,7 @@ class Engine(_Starter):
         for name, value in (("started_after", started_after), ("started_before", started_before)):
             if value is not None and value.tzinfo is None:
                 raise ConfigurationError(f"{name} must be timezone-aware")
-        slug = None if flow is None else checked_slug(flow) if isinstance(flow, str) else definition_of(flow).slug
+        slug = None if flow is None else _slug_of(flow)
         return await self.db.run(
             functools.partial(
                 list_runs,
@@ -378,38 +444,51 @@ class Engine(_Starter):
         """Every flow in the database with its options, steps and run counts."""
         return await list_flows(self.db)
 
-    async def get_flow(self, flow: Any) -> FlowDef:
+    async def get_flow(self, flow: FlowRef) -> FlowDef:
         """The flow as the database holds it (by slug, class or FlowDef); FlowNotFound when absent."""
-        slug = flow if isinstance(flow, str) else definition_of(flow).slug
-        return await flow_from_database(self.db, slug)
+        return await flow_from_database(self.db, _slug_of(flow))
 
-    async def flow_exists(self, flow: Any) -> bool:
-        slug = flow if isinstance(flow, str) else definition_of(flow).slug
+    async def flow_exists(self, flow: FlowRef) -> bool:
         return bool(
-            await self.db.fetchval(
-                "SELECT EXISTS (SELECT 1 FROM pgflow.flows WHERE flow_slug = $1)", checked_slug(slug)
-            )
+            await self.db.fetchval("SELECT EXISTS (SELECT 1 FROM pgflow.flows WHERE flow_slug = $1)", _slug_of(flow))
         )
 
-    async def delete_flow(self, flow: Any, *, force: bool = False) -> dict[str, int]:
+    async def delete_flow(self, flow: FlowRef, *, force: bool = False) -> dict[str, int]:
         """DELETE a flow with all its runs, tasks and its queue. Refuses while live workers serve it unless
         `force=True`. Returns how many rows went per table."""
-        slug = flow if isinstance(flow, str) else definition_of(flow).slug
-        return await delete_flow(self.db, slug, force=force, stale_after=self.options.stale_after)
+        return await delete_flow(self.db, _slug_of(flow), force=force, stale_after=self.options.stale_after)
 
-    async def upsert_flow(self, flow: Any, *, force: bool = False) -> str:
+    async def upsert_flow(
+        self, flow: Mapping[str, Any] | FlowRef, *, force: bool = False
+    ) -> Literal["created", "replaced", "unchanged"]:
         """Create a flow from plain data (a spec dict or FlowDef), or REPLACE a different flow of the same slug.
 
         WARNING: replacing a flow DELETES ITS HISTORY: every run, step state and task of the old definition, and
         its queue (pgflow flows are immutable). Returns 'created', 'replaced' or 'unchanged'."""
+        outcome, _ = await self._upsert_flow(flow, force=force)
+        return outcome
+
+    async def _upsert_flow(
+        self, flow: Mapping[str, Any] | FlowRef, *, force: bool
+    ) -> tuple[Literal["created", "replaced", "unchanged"], dict[str, int]]:
+        """upsert_flow, also returning how many rows per table a replacement deleted."""
         from ._spec import flow_from_spec
 
+        if isinstance(flow, str):
+            raise ConfigurationError("upsert_flow takes a flow class, a FlowDef or a spec dict, not a slug")
         definition = flow_from_spec(flow, origin="upsert_flow") if isinstance(flow, Mapping) else definition_of(flow)
         return await upsert_flow(self.db, definition, force=force, stale_after=self.options.stale_after)
 
-    async def health_check(self) -> Health:
-        """Database reachable, schema versions, live/stale workers and queue depth/oldest message per flow."""
-        return await health(self.db, stale_after=self.options.stale_after)
+    async def health_check(self, *, max_age: float | None = 300.0, require_workers: bool = True) -> Health:
+        """Database reachable, schema versions, and per flow queue: live/stale workers, depth, and how long the
+        oldest visible message has waited. Unhealthy (`ok` False, the reason in `problems`) when a queue holds
+        visible work and no live worker serves it (unless `require_workers=False`), or when work has waited longer
+        than `max_age` seconds (None: no limit)."""
+        if max_age is not None and (isinstance(max_age, bool) or not isinstance(max_age, (int, float)) or max_age < 0):
+            raise ConfigurationError(f"max_age must be a number of seconds >= 0 or None, got {max_age!r}")
+        return await health(
+            self.db, stale_after=self.options.stale_after, max_age=max_age, require_workers=require_workers
+        )
 
     # ---- workers -------------------------------------------------------------------------------------------
     async def serve(
@@ -423,14 +502,47 @@ class Engine(_Starter):
 
 
 @asynccontextmanager
-async def open_engine(dsn: str | None = None, **options: Any) -> AsyncIterator[Engine]:
-    """Connect to the pgflow database (`dsn`, else PGFLOW_DSN, else the embedded PostgreSQL) for the block."""
-    opts = engine_options(options)
+async def open_engine(
+    dsn: str | None = None,
+    *,
+    pool_size: int = 10,
+    events: bool = True,
+    recheck_interval: float = 5.0,
+    poll_interval: float = 0.2,
+    stale_after: float = 30.0,
+    check_schema: bool = True,
+    data_dir: Path | None = None,
+    connect_timeout: float | None = None,
+    install: bool = False,
+) -> AsyncIterator[Engine]:
+    """Connect to the pgflow database (`dsn`, else PGFLOW_DSN, else the embedded PostgreSQL) for the block.
+
+    The options are those of `EngineOptions` (validated: ConfigurationError names a bad one). `install=True`
+    installs or completes the schema when it is incomplete (as `python -m pgflow_trio db install` does: it fetches
+    pgflow core with npm unless cached); off by default, so an application never changes a database's schema
+    unasked. Without it, an incomplete schema raises SchemaError naming the fix."""
+    opts = EngineOptions(
+        pool_size=pool_size,
+        events=events,
+        recheck_interval=recheck_interval,
+        poll_interval=poll_interval,
+        stale_after=stale_after,
+        check_schema=check_schema,
+        data_dir=data_dir,
+        connect_timeout=connect_timeout,
+    )
+    if not isinstance(install, bool):
+        raise ConfigurationError(f"engine option install must be True or False, got {install!r}")
     async with unwrap_single_errors():
         resolved = await resolve_dsn(dsn, data_dir=opts.data_dir)
-        async with open_database(resolved, max_size=opts.pool_size) as db, trio.open_nursery() as nursery:
+        async with (
+            open_database(resolved, max_size=opts.pool_size, connect_timeout=opts.connect_timeout) as db,
+            trio.open_nursery() as nursery,
+        ):
+            if install and not (await check(db)).ok:
+                await install_into(db)
             if opts.check_schema:
-                await require_complete(db)
+                await _require_schema(db)
             engine = Engine(db, opts)
             if opts.events:
                 await nursery.start(engine._hub.run, db)

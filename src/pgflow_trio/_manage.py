@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import json
-from typing import Any
+from typing import Any, Literal
 
 from ._compile import compile_flow
-from ._db import Connection, Database
-from ._definition import FlowDef
+from ._db import Connection, Database, RawConnection
+from ._definition import FlowDef, slug_problem
 from ._records import FlowInfo, FlowInUse, FlowNotFound, Health, QueueHealth
 from ._runs import checked_slug
 from ._schema import check
@@ -97,62 +98,112 @@ async def delete_flow(db: Database, slug: str, *, force: bool, stale_after: floa
         return await _delete(tx, slug)
 
 
-async def upsert_flow(db: Database, flow: FlowDef, *, force: bool, stale_after: float) -> str:
-    """Create the flow, or replace a different one of the same slug. Returns 'created', 'replaced' or 'unchanged'.
+UpsertOutcome = Literal["created", "replaced", "unchanged"]
+
+
+async def upsert_flow(
+    db: Database, flow: FlowDef, *, force: bool, stale_after: float
+) -> tuple[UpsertOutcome, dict[str, int]]:
+    """Create the flow, or replace a different one of the same slug. Returns the outcome and, when replaced, how
+    many rows went per table.
 
     Replacing DELETES the old flow's runs and tasks (pgflow flows are immutable)."""
     async with db.transaction() as tx:
         await tx.execute(_LOCK, flow.slug)
         actual = await read_flow_shape(tx, flow.slug)
-        outcome = "created"
+        outcome: UpsertOutcome = "created"
+        deleted: dict[str, int] = {}
         if actual is not None:
             if not describe_differences(expected_shape(flow), actual):
-                return "unchanged"
+                return "unchanged", deleted
             live = await _live_workers(tx, flow.slug, stale_after)
             if live and not force:
                 raise FlowInUse(f"{live} live worker(s) serve flow {flow.slug!r}: stop them or pass force=True")
-            await _delete(tx, flow.slug)
+            deleted = await _delete(tx, flow.slug)
             outcome = "replaced"
         for statement in compile_flow(flow):
             await tx.execute(statement)
-        return outcome
+        return outcome, deleted
 
 
-async def health(db: Database, *, stale_after: float) -> Health:
-    """Database reachable, schema complete, and per queue: live/stale workers, depth, oldest message age."""
-    problems: list[str] = []
+_QUEUE_STATS = (
+    "SELECT count(*) AS depth, count(*) FILTER (WHERE vt <= clock_timestamp()) AS visible, "
+    "extract(epoch FROM clock_timestamp() - min(enqueued_at))::float8 AS oldest, "
+    "extract(epoch FROM clock_timestamp() - min(vt) FILTER (WHERE vt <= clock_timestamp()))::float8 AS oldest_visible "
+    'FROM pgmq."q_{slug}"'
+)
+
+
+async def _queue_stats(con: RawConnection, *, stale_after: float) -> list[QueueHealth]:
+    """Per flow: live/stale workers and message counts and ages, read from the queue tables (pgmq's metrics count
+    invisible messages into the age, and an age from enqueue time makes every delayed job look stuck)."""
+    rows = await con.fetch(
+        """SELECT f.flow_slug,
+                  (SELECT count(*) FROM pgflow.workers w WHERE w.queue_name = f.flow_slug
+                    AND w.deprecated_at IS NULL
+                    AND w.last_heartbeat_at > clock_timestamp() - make_interval(secs => $1)) AS alive,
+                  (SELECT count(*) FROM pgflow.workers w WHERE w.queue_name = f.flow_slug
+                    AND w.deprecated_at IS NULL
+                    AND w.last_heartbeat_at <= clock_timestamp() - make_interval(secs => $1)) AS stale,
+                  EXISTS (SELECT 1 FROM pgmq.meta m WHERE m.queue_name = f.flow_slug) AS has_queue
+           FROM pgflow.flows f ORDER BY f.flow_slug""",
+        stale_after,
+    )
+    queues = []
+    for r in rows:
+        slug = r["flow_slug"]
+        stats = None
+        if r["has_queue"] and slug_problem(slug) is None:
+            stats = await con.fetchrow(_QUEUE_STATS.format(slug=slug))
+        queues.append(
+            QueueHealth(
+                slug,
+                r["alive"],
+                r["stale"],
+                stats["depth"] if stats else 0,
+                stats["oldest"] if stats else None,
+                visible=stats["visible"] if stats else 0,
+                oldest_visible_age=stats["oldest_visible"] if stats else None,
+            )
+        )
+    return queues
+
+
+def _queue_problems(q: QueueHealth, *, max_age: float | None, require_workers: bool) -> list[str]:
+    problems = []
+    waited = "" if q.oldest_visible_age is None else f", the oldest for {q.oldest_visible_age:.0f}s,"
+    if require_workers and q.visible and not q.workers_alive:
+        problems.append(f"queue {q.queue}: {q.visible} message(s) waiting{waited} and no live worker")
+    elif max_age is not None and q.oldest_visible_age is not None and q.oldest_visible_age > max_age:
+        problems.append(
+            f"queue {q.queue}: a message has waited {q.oldest_visible_age:.0f}s for a worker (max age {max_age:g}s)"
+        )
+    return problems
+
+
+async def health(db: Database, *, stale_after: float, max_age: float | None, require_workers: bool) -> Health:
+    """Database reachable, schema complete, and per queue: live/stale workers, depth, and how long visible work
+    has waited. Work that no live worker serves, or that waited longer than `max_age` seconds, is a problem."""
     try:
         status = await check(db)
     except Exception as exc:
         return Health(False, f"unreachable: {exc}", None, None, None, (), (f"database unreachable: {exc}",))
-    problems.extend(status.problems)
+    problems = list(status.problems)
+    warnings: list[str] = []
     queues: list[QueueHealth] = []
     if status.core_version is not None:
-        rows = await db.fetch(
-            """SELECT f.flow_slug,
-                      (SELECT count(*) FROM pgflow.workers w WHERE w.queue_name = f.flow_slug
-                        AND w.deprecated_at IS NULL
-                        AND w.last_heartbeat_at > clock_timestamp() - make_interval(secs => $1)) AS alive,
-                      (SELECT count(*) FROM pgflow.workers w WHERE w.queue_name = f.flow_slug
-                        AND w.deprecated_at IS NULL
-                        AND w.last_heartbeat_at <= clock_timestamp() - make_interval(secs => $1)) AS stale,
-                      m.queue_length, m.oldest_msg_age_sec
-               FROM pgflow.flows f LEFT JOIN LATERAL pgmq.metrics(f.flow_slug) m ON TRUE
-               ORDER BY f.flow_slug""",
-            stale_after,
-        )
-        for r in rows:
-            queues.append(
-                QueueHealth(r["flow_slug"], r["alive"], r["stale"], r["queue_length"] or 0, r["oldest_msg_age_sec"])
-            )
-            if r["stale"]:
-                problems.append(f"queue {r['flow_slug']}: {r['stale']} worker(s) stopped heartbeating")
+        queues = await db.run(functools.partial(_queue_stats, stale_after=stale_after))
+        for q in queues:
+            problems.extend(_queue_problems(q, max_age=max_age, require_workers=require_workers))
+            if q.workers_stale:
+                warnings.append(f"queue {q.queue}: {q.workers_stale} worker(s) stopped heartbeating")
     return Health(
-        ok=not status.problems,
+        ok=not problems,
         database="reachable",
         server_version=status.server_version,
         core_version=status.core_version,
         schema_version=status.schema_version,
         queues=tuple(queues),
         problems=tuple(problems),
+        warnings=tuple(warnings),
     )

@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import datetime
 import uuid
-from typing import Any, Literal
+from collections.abc import Mapping, Sequence
+from typing import Literal, TypeAlias
 
 import attrs
 
 from ._errors import PgflowError
 
 RunStatus = Literal["started", "completed", "failed"]
+
+JSON: TypeAlias = "dict[str, JSON] | list[JSON] | str | int | float | bool | None"
+"""A JSON value as decoded from the database (run inputs and outputs, untyped results)."""
+
+JSONInput: TypeAlias = "Mapping[str, JSONInput] | Sequence[JSONInput] | str | int | float | bool | None"
+"""Anything that encodes as JSON, accepted where raw JSON goes in (untyped starts): read-only containers, so a
+`dict[str, int]` is accepted too."""
 
 
 class RunNotFound(PgflowError):
@@ -64,8 +72,8 @@ class Run:
     run_id: uuid.UUID
     flow_slug: str
     status: RunStatus
-    input: Any
-    output: Any
+    input: JSON
+    output: JSON
     remaining_steps: int
     started_at: datetime.datetime
     completed_at: datetime.datetime | None
@@ -100,18 +108,26 @@ class FlowInfo:
 
 @attrs.frozen
 class QueueHealth:
-    """A flow's queue: live and stale workers, messages waiting, and the age of the oldest (seconds)."""
+    """A flow's queue: live and stale workers, and its messages. Ages are in seconds.
+
+    `depth` and `oldest_message_age` count every message, also those invisible while a task runs or waits for
+    its delay or retry backoff; `visible` and `oldest_visible_age` count only messages a worker could read now, the
+    age measured from the moment each became visible: how long work has waited for a worker."""
 
     queue: str
     workers_alive: int
     workers_stale: int
     depth: int
     oldest_message_age: float | None
+    visible: int = 0
+    oldest_visible_age: float | None = None
 
 
 @attrs.frozen
 class Health:
-    """What `health_check` found. `ok` is False when the database is unreachable or the schema incomplete."""
+    """What `health_check` found. `ok` is False when there is any problem: the database unreachable, the schema
+    incomplete, a queue with visible work and no live worker, or work waiting longer than `max_age`. `warnings`
+    (workers that stopped heartbeating) do not make it unhealthy."""
 
     ok: bool
     database: str
@@ -120,3 +136,4 @@ class Health:
     schema_version: int | None
     queues: tuple[QueueHealth, ...]
     problems: tuple[str, ...]
+    warnings: tuple[str, ...] = ()

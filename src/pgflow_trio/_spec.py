@@ -18,6 +18,7 @@ import attrs
 
 from ._definition import DefinitionError, FlowDef, Options, StepDef, build_flow
 from ._schedule import Schedule, make_schedules
+from ._util import read_text
 
 _FLOW_KEYS = {"slug", "max_attempts", "base_delay", "timeout", "steps", "cron"}
 _CRON_KEYS = {"schedule", "input", "name", "timezone", "catch_up"}
@@ -92,8 +93,10 @@ def _cron(raw: object, origin: str) -> list[Schedule] | None:
 
 
 def load_spec_file(path: Path) -> FlowDef:
+    """The FlowDef a JSON spec file describes (ConfigurationError when the file cannot be read)."""
+    text = read_text(path, "spec file")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise DefinitionError(f"{path}: not valid JSON: {exc}") from exc
     return flow_from_spec(data, origin=str(path))

@@ -11,6 +11,7 @@ from pathlib import Path
 from ._definition import DefinitionError, FlowDef
 from ._flow import definition_of
 from ._spec import load_spec_file
+from ._util import read_text
 
 
 def load_object(target: str) -> object:
@@ -20,8 +21,7 @@ def load_object(target: str) -> object:
         raise DefinitionError(f"target {target!r}: expected package.module:Attr, path/to/file.py:Attr or spec.json")
     if location.endswith(".py"):
         path = Path(location).resolve()
-        if not path.is_file():
-            raise DefinitionError(f"target {target!r}: {path} does not exist")
+        read_text(path, f"target {target!r}:")  # says why a missing, unreadable or non-UTF-8 file cannot be loaded
         name = f"pgflow_trio_target_{hashlib.sha1(str(path).encode()).hexdigest()[:12]}"
         module = sys.modules.get(name)
         if module is None:
@@ -32,6 +32,9 @@ def load_object(target: str) -> object:
             sys.modules[name] = module  # annotations and attrs need the module registered
             try:
                 spec.loader.exec_module(module)
+            except SyntaxError as exc:
+                del sys.modules[name]
+                raise DefinitionError(f"target {target!r}: {path}, line {exc.lineno}: {exc.msg}") from None
             except BaseException:
                 del sys.modules[name]
                 raise
@@ -40,6 +43,8 @@ def load_object(target: str) -> object:
             module = importlib.import_module(location)
         except ModuleNotFoundError as exc:
             raise DefinitionError(f"target {target!r}: cannot import module {location!r} ({exc})") from exc
+        except SyntaxError as exc:
+            raise DefinitionError(f"target {target!r}: {exc.filename}, line {exc.lineno}: {exc.msg}") from None
     try:
         return getattr(module, attr)
     except AttributeError:
@@ -49,9 +54,6 @@ def load_object(target: str) -> object:
 def load_target(target: str) -> tuple[FlowDef, object | None]:
     """(definition, flow/job class or None for a JSON spec)."""
     if target.endswith(".json"):
-        path = Path(target)
-        if not path.is_file():
-            raise DefinitionError(f"spec file {path} does not exist")
-        return load_spec_file(path), None
+        return load_spec_file(Path(target)), None
     obj = load_object(target)
     return definition_of(obj), obj

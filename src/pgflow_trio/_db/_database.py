@@ -19,14 +19,18 @@ if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy
     from asyncpg.transaction import Transaction
 
+from .._dsn import Address, connect_timeout_from, parse_dsn
+from .._errors import ConnectionLost
 from .._util import unwrap_single_errors
 from ._errors import mapped_errors
+from ._probe import probe
 
 T = TypeVar("T")
 RawConnection: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"
 Record = asyncpg.Record
 
 _CLEANUP_SECONDS = 10.0
+_PROBE_SECONDS = 3.0
 
 
 class Connection:
@@ -61,10 +65,15 @@ class Connection:
 class Database:
     """Pooled access to PostgreSQL from Trio. Create it with `open_database`."""
 
-    def __init__(self, loop: trio_asyncio.TrioEventLoop, pool: asyncpg.Pool[asyncpg.Record], dsn: str) -> None:
+    def __init__(
+        self, loop: trio_asyncio.TrioEventLoop, pool: asyncpg.Pool[asyncpg.Record], dsn: str, connect_timeout: float
+    ) -> None:
         self._loop = loop
         self._pool = pool
         self.dsn = dsn
+        """The DSN as asyncpg reads it (checked; key=value pairs as a URI; without connect_timeout)."""
+        self.connect_timeout = connect_timeout
+        """Seconds a new connection may take (pass it to any extra `asyncpg.connect`)."""
 
     @property
     def loop(self) -> trio_asyncio.TrioEventLoop:
@@ -156,20 +165,52 @@ async def _rollback_or_drop(db: Database, conn: Connection, xact: Transaction) -
 
 
 @asynccontextmanager
-async def open_database(dsn: str, *, min_size: int = 1, max_size: int = 10) -> AsyncIterator[Database]:
-    """Open an asyncio loop and an asyncpg pool for the duration of the block."""
+async def open_database(
+    dsn: str, *, min_size: int = 1, max_size: int = 10, connect_timeout: float | None = None
+) -> AsyncIterator[Database]:
+    """Open an asyncio loop and an asyncpg pool for the duration of the block.
+
+    The DSN is checked first (ConfigurationError naming the problem). `connect_timeout` bounds each new
+    connection (default: the DSN's connect_timeout, else $PGFLOW_CONNECT_TIMEOUT, else 10 s); when connecting
+    fails without a server error, the address is probed to say what answers there instead of PostgreSQL."""
+    parsed = parse_dsn(dsn)
+    timeout = connect_timeout_from(connect_timeout, parsed)
     async with unwrap_single_errors(), trio_asyncio.open_loop() as loop:
 
         async def create() -> asyncpg.Pool[asyncpg.Record]:
-            return await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, reset=_keep_session)
+            return await asyncpg.create_pool(
+                parsed.uri, min_size=min_size, max_size=max_size, reset=_keep_session, timeout=timeout
+            )
 
-        with mapped_errors():
-            pool = await loop.run_aio_coroutine(create())
         try:
-            yield Database(loop, pool, dsn)
+            with mapped_errors():
+                pool = await loop.run_aio_coroutine(create())
+        except ConnectionLost as exc:
+            raise await _explained(exc, parsed.addresses, timeout) from exc.__cause__
+        try:
+            yield Database(loop, pool, parsed.uri, timeout)
         finally:
             with trio.CancelScope(shield=True):
                 await _close_pool(loop, pool)
+
+
+async def _explained(exc: ConnectionLost, addresses: tuple[Address, ...], seconds: float) -> ConnectionLost:
+    """`exc` saying what answers at the DSN's addresses instead of PostgreSQL, or that connecting timed out."""
+    cause = exc.__cause__
+    if isinstance(cause, asyncpg.PostgresError):
+        return exc  # the server itself refused: its message and SQLSTATE say why
+    if isinstance(cause, TimeoutError) and not isinstance(cause, ConnectionError):
+        reason = f"no connection within {seconds:g}s (connect_timeout)"
+    else:
+        reason = str(cause) if cause is not None and str(cause) else str(exc)
+    findings = []
+    for address in addresses:
+        is_postgres, found = await probe(address, min(seconds, _PROBE_SECONDS))
+        if not is_postgres:
+            findings.append(found)
+    if findings:
+        reason = "; ".join(findings)
+    return ConnectionLost(f"cannot reach PostgreSQL: {reason}", exc.sqlstate)
 
 
 async def _keep_session(raw: object) -> None:

@@ -21,11 +21,12 @@ def translate(exc: BaseException) -> PgflowError | None:
             return ConnectionLost(message, sqlstate)
         return DatabaseError(message, sqlstate)
     if isinstance(exc, (asyncpg.InterfaceError, asyncpg.InternalClientError)):
-        if "closed" in str(exc) or "connection" in str(exc).lower():
-            return ConnectionLost(str(exc))
-        return DatabaseError(str(exc))
+        message = str(exc) or type(exc).__name__
+        if "closed" in message or "connection" in message.lower():
+            return ConnectionLost(message)
+        return DatabaseError(message)
     if isinstance(exc, (ConnectionError, OSError)):
-        return ConnectionLost(f"cannot reach PostgreSQL: {exc}")
+        return ConnectionLost(f"cannot reach PostgreSQL: {exc or type(exc).__name__}")
     return None
 
 

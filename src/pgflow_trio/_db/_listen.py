@@ -126,7 +126,7 @@ class _Maintainer:
             lost.set()
 
         async def connect() -> asyncpg.Connection[asyncpg.Record]:
-            con = await asyncpg.connect(db.dsn)
+            con = await asyncpg.connect(db.dsn, timeout=db.connect_timeout)
             try:
                 con.add_termination_listener(on_terminate)
                 for channel in self.channels:

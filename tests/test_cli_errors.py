@@ -1,0 +1,199 @@
+"""User mistakes on the command line end in one `error:` line (or argparse's usage message), never a traceback."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import trio
+
+from pgflow_trio import open_engine
+
+from . import flows
+from .helpers import ROOT, cli
+
+
+async def _cli(*args: str, env: dict[str, str] | None = None, stdin: str | None = None) -> tuple[int, str, str]:
+    if stdin is None:
+        result = await trio.to_thread.run_sync(functools.partial(cli, *args, env=env))
+    else:
+        result = await trio.to_thread.run_sync(
+            functools.partial(
+                subprocess.run,
+                [sys.executable, "-m", "pgflow_trio", *args],
+                input=stdin,
+                capture_output=True,
+                text=True,
+                timeout=120,
+                env={**os.environ, **(env or {})},
+                check=False,
+                cwd=ROOT,
+            )
+        )
+    assert "Traceback" not in result.stderr, result.stderr
+    return result.returncode, result.stdout, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("dsn", "message"),
+    [
+        ("postgresql://me:s3cret@localhost:99999/db", "port 99999 is out of range (1-65535)"),
+        ("postgresql://me:s3cret@localhost:abc/db", "port 'abc' is not a number"),
+        ("postgresql://me:s3cret@[::1/db", "Invalid IPv6 URL"),
+        ("postgresql://me:s3cret@localhost/db?port=0", "port 0 is out of range"),
+        ("host=localhost port=abc password=s3cret", "port 'abc' is not a number"),
+        ("mysql://me:s3cret@localhost/db", "expected postgresql://"),
+        ("postgresql://me:s3cret@localhost/db?connect_timeout=soon", "connect_timeout 'soon' is not a number"),
+    ],
+)
+async def test_an_invalid_dsn_is_named_without_its_password(dsn: str, message: str) -> None:
+    for args, env in ((("--dsn", dsn), {}), ((), {"PGFLOW_DSN": dsn})):
+        code, _, err = await _cli("runs", "list", *args, env=env)
+        assert code == 2 and message in err, err
+        assert "s3cret" not in err
+        if env:
+            assert "PGFLOW_DSN" in err
+
+
+async def _serve_tcp(handler: object, nursery: trio.Nursery) -> int:
+    listeners = await nursery.start(functools.partial(trio.serve_tcp, handler, 0, host="127.0.0.1"))
+    port: int = listeners[0].socket.getsockname()[1]
+    return port
+
+
+async def test_a_server_that_is_not_postgresql_is_named_as_such() -> None:
+    async def http(stream: trio.SocketStream) -> None:
+        await stream.receive_some(100)
+        await stream.send_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+
+    async def silent(stream: trio.SocketStream) -> None:
+        await trio.sleep_forever()
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            http_port = await _serve_tcp(http, nursery)
+            silent_port = await _serve_tcp(silent, nursery)
+            code, _, err = await _cli("runs", "list", "--dsn", f"postgresql://u@127.0.0.1:{http_port}/db")
+            assert code == 2
+            assert f"127.0.0.1:{http_port} is not PostgreSQL: it answered 'HTTP/1.1 400 Bad Request" in err, err
+            code, _, err = await _cli(
+                "runs", "list", "--dsn", f"postgresql://u@127.0.0.1:{silent_port}/db", "--connect-timeout", "0.5"
+            )
+            assert code == 2
+            assert f"127.0.0.1:{silent_port} accepted the connection but did not answer within 0.5s" in err, err
+            code, _, err = await _cli(
+                "health", "--dsn", f"postgresql://u@127.0.0.1:{silent_port}/db", env={"PGFLOW_CONNECT_TIMEOUT": "0.5"}
+            )
+            assert code == 2 and "did not answer within 0.5s" in err, err
+            nursery.cancel_scope.cancel()
+
+
+async def test_arguments_are_checked_before_anything_is_written(dsn: str) -> None:
+    with trio.fail_after(60):
+        async with open_engine(dsn) as engine:
+            await engine.upsert_flow(flows.Echo)
+        for bad in (["--timeout", "-1"], ["--timeout", "nan"], ["--run-id", "not-a-uuid"]):
+            code, _, err = await _cli("start", "echo", "--input", "{}", "--wait", *bad, "--dsn", dsn)
+            assert code == 2 and "usage:" in err and bad[0] in err, err
+        code, _, err = await _cli("runs", "list", "--limit", "0", "--dsn", dsn)
+        assert code == 2 and "must be from 1 to 1000" in err
+        code, _, err = await _cli("start", "bad slug!", "--input", "{}", "--dsn", dsn)
+        assert code == 2 and "there is no flow 'bad slug!'" in err
+        async with open_engine(dsn) as engine:
+            assert (await engine.list_runs()).runs == ()
+
+
+async def test_unreadable_files_and_targets_are_named(tmp_path: Path) -> None:
+    directory = tmp_path / "spec.json"
+    directory.mkdir()
+    latin1 = tmp_path / "latin1.json"
+    latin1.write_bytes(b'{"slug": "caf\xe9", "steps": []}')
+    latin1_py = tmp_path / "latin1.py"
+    latin1_py.write_bytes(b"X = '\xe9'\n")
+    broken_py = tmp_path / "broken.py"
+    broken_py.write_text("def f(:\n")
+    locked = tmp_path / "locked.json"
+    locked.write_text("{}")
+    locked.chmod(0)
+    cases = [
+        (("flows", "upsert", "/nonexistent.json"), "/nonexistent.json does not exist"),
+        (("flows", "upsert", str(directory)), "is a directory, not a file"),
+        (("flows", "upsert", str(latin1)), "is not UTF-8 text"),
+        (("compile", str(directory)), "is a directory, not a file"),
+        (("compile", "/nonexistent.py:Flow"), "/nonexistent.py does not exist"),
+        (("compile", f"{latin1_py}:X"), "is not UTF-8 text"),
+        (("compile", f"{broken_py}:f"), "broken.py, line 1"),
+        (("worker", "/nonexistent.py:Flow"), "/nonexistent.py does not exist"),
+        (("cron", "list", str(directory)), "is a directory, not a file"),
+        (("start", "x", "--input", "@/nonexistent.json"), "/nonexistent.json does not exist"),
+        (("start", "x", "--input", f"@{directory}"), "is a directory, not a file"),
+        (("db", "sql", "--core-tarball", str(directory)), "is a directory, not a file"),
+        (("db", "install", "--core-tarball", "/nonexistent.tgz"), "/nonexistent.tgz does not exist"),
+    ]
+    if os.geteuid() != 0:  # root reads any file
+        cases.append((("flows", "upsert", str(locked)), "permission denied"))
+    for args, message in cases:
+        code, _, err = (
+            await _cli(*args, "--dsn", "postgresql://u@127.0.0.1:1/x") if args[0] != "compile" else (await _cli(*args))
+        )
+        assert code == 2 and message in err, (args, err)
+
+
+async def test_environment_values_are_read_when_used_and_named_when_wrong() -> None:
+    env = {"PGFLOW_CONCURRENCY": "abc", "PGFLOW_SHUTDOWN_GRACE": "-1", "PGFLOW_SIGNAL": "shout"}
+    code, out, _ = await _cli("compile", "--help", env=env)
+    assert code == 0 and "usage:" in out
+    code, out, _ = await _cli("worker", "--help", env=env)
+    text = " ".join(out.split())
+    assert code == 0 and "($PGFLOW_CONCURRENCY, default 10)" in text and "($PGFLOW_SHUTDOWN_GRACE, default 10)" in text
+    code, _, err = await _cli("worker", "tests/flows.py:Echo", env={"PGFLOW_CONCURRENCY": "abc"})
+    assert code == 2 and "$PGFLOW_CONCURRENCY='abc': expected an integer" in err, err
+    code, _, err = await _cli("worker", "tests/flows.py:Echo", env={"PGFLOW_SHUTDOWN_GRACE": "-1"})
+    assert code == 2 and "$PGFLOW_SHUTDOWN_GRACE='-1': worker option shutdown_grace must be a positive" in err, err
+    code, _, err = await _cli("worker", "tests/flows.py:Echo", env={"PGFLOW_SIGNAL": "shout"})
+    assert code == 2 and "$PGFLOW_SIGNAL='shout': expected one of poll, notify" in err, err
+    code, _, err = await _cli("worker", "tests/flows.py:Echo", "--concurrency", "0")
+    assert code == 2 and "--concurrency: worker option concurrency must be an integer >= 1" in err, err
+    code, _, err = await _cli("runs", "list", env={"PGFLOW_CONNECT_TIMEOUT": "abc", "PGFLOW_DSN": "postgresql://x"})
+    assert code == 2 and "$PGFLOW_CONNECT_TIMEOUT='abc': expected a number" in err, err
+
+
+def test_cli_defaults_come_from_the_options_classes() -> None:
+    import attrs
+
+    from pgflow_trio import WorkerOptions
+    from pgflow_trio._cli import WORKER_SETTINGS, build_parser
+
+    fields = attrs.fields_dict(WorkerOptions)
+    worker_help = next(
+        action
+        for action in build_parser()._subparsers._group_actions[0].choices["worker"]._actions  # type: ignore[union-attr]
+        if action.dest == "concurrency"
+    )
+    assert worker_help.default is None  # the options class supplies it when the command runs
+    for setting in WORKER_SETTINGS:
+        assert setting.field in fields
+
+
+async def test_a_large_input_from_a_file_or_stdin(dsn: str, tmp_path: Path) -> None:
+    big = {"blob": "x" * 250_000, "n": 1}
+    path = tmp_path / "input.json"
+    path.write_text(json.dumps(big))
+    with trio.fail_after(60):
+        async with open_engine(dsn) as engine:
+            await engine.upsert_flow(flows.Echo)
+        code, from_file, err = await _cli("start", "echo", "--input", f"@{path}", "--dsn", dsn)
+        assert code == 0, err
+        code, from_stdin, err = await _cli("start", "echo", "--input", "-", "--dsn", dsn, stdin=json.dumps(big))
+        assert code == 0, err
+        async with open_engine(dsn) as engine:
+            for out in (from_file, from_stdin):
+                run = await engine.get_run(out.strip())
+                assert run.input == big
+        code, _, err = await _cli("start", "echo", "--input", "-", "--dsn", dsn, stdin="{nope")
+        assert code == 2 and "--input - (stdin) is not valid JSON" in err
