@@ -309,11 +309,30 @@ def test_cron_cli_sync_and_list(dsn: str, tmp_path: Any) -> None:
     run_sql(dsn, "SELECT pgflow.add_step('clicron', 'a')")
     synced = cli("cron", "sync", str(spec), "--dsn", dsn)
     assert synced.returncode == 0, synced.stderr
-    assert synced.stdout.splitlines() == ["backend: builtin", "  created clicron"]
+    assert synced.stdout.splitlines() == ["backend: builtin", "  created clicron [builtin]"]
     listed = cli("cron", "list", str(spec), "--dsn", dsn)
     assert listed.returncode == 0, listed.stderr
     assert "clicron  [builtin]  */5 * * * * UTC  catch_up=skip" in listed.stdout
     assert "last: never" in listed.stdout and "drift" not in listed.stdout
+    # Nobody serves the flow: the schedule is an orphan, and `cron remove` deletes it.
+    assert "orphan: no live worker serves flow 'clicron'" in listed.stdout
+    assert "(cron remove clicron deletes it)" in listed.stdout
+    removed = cli("cron", "remove", "clicron", "--dsn", dsn)
+    assert (removed.returncode, removed.stdout.strip()) == (0, "removed schedule clicron"), removed.stderr
+    assert run_sql(dsn, "SELECT count(*) FROM pgflow_trio.schedules") == [(0,)]
+    again = cli("cron", "remove", "clicron", "--dsn", dsn)
+    assert again.returncode == 2 and again.stderr.count("\n") == 1 and "clicron" in again.stderr, again.stderr
+
+
+def test_worker_cron_backend_comes_from_its_flag_or_environment() -> None:
+    from pgflow_trio._cli import build_parser
+
+    assert build_parser().parse_args(["worker", "x.py:X", "--cron-backend", "builtin"]).cron_backend == "builtin"
+    wrong = cli("worker", "tests/flows.py:Echo", env={"PGFLOW_CRON_BACKEND": "sometimes"})
+    assert wrong.returncode == 2, wrong.stderr
+    assert "$PGFLOW_CRON_BACKEND='sometimes': expected one of auto, builtin, pg_cron" in wrong.stderr
+    flag = cli("worker", "tests/flows.py:Echo", "--cron-backend", "sometimes")
+    assert flag.returncode == 2 and "--cron-backend: 'sometimes': expected one of auto" in flag.stderr, flag.stderr
 
 
 # ---- pg_cron (PostgreSQL 15) ---------------------------------------------------------------------------------

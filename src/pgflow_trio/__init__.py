@@ -4,6 +4,7 @@ from ._admin import check_schema as check_schema
 from ._admin import install_schema as install_schema
 from ._compile import compile_flow as compile_flow
 from ._context import Context as Context
+from ._cron import ScheduleNotFound as ScheduleNotFound
 from ._definition import DefinitionError as DefinitionError
 from ._definition import FlowDef as FlowDef
 from ._definition import Options as Options
@@ -32,10 +33,12 @@ from ._flow import needs_all as needs_all
 from ._flow import needs_input as needs_input
 from ._flow import step as step
 from ._inline import run_inline as run_inline
+from ._records import JSON as JSON
 from ._records import FlowInfo as FlowInfo
 from ._records import FlowInUse as FlowInUse
 from ._records import FlowNotFound as FlowNotFound
 from ._records import Health as Health
+from ._records import JSONInput as JSONInput
 from ._records import QueueHealth as QueueHealth
 from ._records import Run as Run
 from ._records import RunFailed as RunFailed
@@ -51,6 +54,7 @@ from ._serde import SerializationError as SerializationError
 from ._spec import flow_from_spec as flow_from_spec
 from ._spec import spec_of as spec_of
 from ._worker import FlowMismatch as FlowMismatch
+from ._worker import ServeTarget as ServeTarget
 from ._worker import WorkerGroup as WorkerGroup
 from ._worker import WorkerOptions as WorkerOptions
 from ._worker import serve as serve

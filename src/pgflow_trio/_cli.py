@@ -23,7 +23,7 @@ import trio
 
 from ._admin import check_schema, install_schema
 from ._compile import compile_flow
-from ._cron import list_schedules, sync_schedules
+from ._cron import list_schedules, remove_schedule, sync_schedules
 from ._db import open_database
 from ._definition import FlowDef
 from ._demo import run_demo
@@ -38,7 +38,7 @@ from ._serde import structure
 from ._spec import load_spec_file
 from ._targets import load_object, load_target
 from ._util import read_text, single_leaf, unreadable
-from ._worker import WorkerGroup, WorkerOptions, serve
+from ._worker import ServeTarget, WorkerGroup, WorkerOptions, serve
 
 log = logging.getLogger("pgflow_trio")
 
@@ -74,6 +74,12 @@ WORKER_SETTINGS = (
         "a worker silent this long is presumed dead and its tasks recovered",
     ),
     Setting("--recovery-interval", "recovery_interval", "PGFLOW_RECOVERY_INTERVAL", "seconds between recovery sweeps"),
+    Setting(
+        "--cron-backend",
+        "cron_backend",
+        "PGFLOW_CRON_BACKEND",
+        "where each cron schedule runs: auto = pg_cron when installed and able to express it, else built-in",
+    ),
 )
 CONNECT_TIMEOUT = Setting(
     "--connect-timeout", "connect_timeout", "PGFLOW_CONNECT_TIMEOUT", "seconds a connection may take to open"
@@ -262,6 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--no-scheduler", action="store_true", help="do not run the built-in cron scheduler in this process"
     )
+    worker.add_argument("--cron-dsn", help="the database where pg_cron is installed (default: --dsn)")
 
     start = commands.add_parser("start", help="start a run; print its id, or its output with --wait")
     start.add_argument("target", metavar="SLUG|TARGET", help="a flow slug, package.module:Attr or file.py:Attr")
@@ -340,6 +347,10 @@ def build_parser() -> argparse.ArgumentParser:
     cron_list = cron_commands.add_parser("list", help="schedules, next fire times, last run, drift from the code")
     cron_list.add_argument("targets", nargs="*", metavar="TARGET", help="compare with these definitions")
     _add_database_options(cron_list)
+    cron_remove = cron_commands.add_parser("remove", help="delete a schedule with its ticks and its pg_cron job")
+    cron_remove.add_argument("name", help="the schedule's name, as cron list shows it")
+    cron_remove.add_argument("--cron-dsn", help="the database where pg_cron is installed (default: --dsn)")
+    _add_database_options(cron_remove)
 
     demo = commands.add_parser("demo", help="run the order demo end to end (embedded PostgreSQL by default)")
     demo.add_argument("--runs", type=_int_between(1, 1000), default=20, help="how many runs to start (default 20)")
@@ -385,7 +396,8 @@ async def _worker(args: argparse.Namespace) -> int:
         scheduler=not args.no_scheduler,
     )
     connect_timeout = settings_from(args, EngineOptions, [CONNECT_TIMEOUT]).get("connect_timeout")
-    targets = [load_object(target) for target in args.targets]
+    # serve() checks each target at run time and names what is wrong with it.
+    targets = [typing.cast(ServeTarget, load_object(target)) for target in args.targets]
     dsn = await resolve_dsn(args.dsn, data_dir=args.data_dir)
     if connect_timeout is not None:
         dsn = with_connect_timeout(dsn, connect_timeout)
@@ -393,7 +405,7 @@ async def _worker(args: argparse.Namespace) -> int:
 
     async def serve_then_stop_listening(*, task_status: trio.TaskStatus[WorkerGroup]) -> None:
         try:
-            await serve(*targets, dsn=dsn, options=options, task_status=task_status)
+            await serve(*targets, dsn=dsn, options=options, cron_dsn=args.cron_dsn, task_status=task_status)
         finally:
             listening.cancel()
 
@@ -519,6 +531,8 @@ async def _flows(args: argparse.Namespace) -> int:
 
 
 async def _cron(args: argparse.Namespace) -> int:
+    if args.cron_command == "remove":
+        return await _cron_remove(args)
     flows = [load_target(target)[0] for target in args.targets]
     async with open_engine(args.dsn, events=False, **_engine_options(args)) as engine:
         if args.cron_command == "list":
@@ -534,6 +548,8 @@ async def _cron(args: argparse.Namespace) -> int:
                 print(f"    last: {last}")
                 for line in item.drift:
                     print(f"    drift: {line}")
+                if item.orphan:
+                    print(f"    orphan: {item.orphan}; it fires nothing (cron remove {item.name} deletes it)")
             return 0
         if args.cron_dsn:
             async with open_database(args.cron_dsn, max_size=2) as cron_db:
@@ -543,7 +559,21 @@ async def _cron(args: argparse.Namespace) -> int:
     print(f"backend: {report.backend}")
     for what in ("created", "updated", "removed", "unchanged"):
         for name in getattr(report, what):
-            print(f"  {what} {name}")
+            backend = report.backends.get(name)
+            print(f"  {what} {name}" + (f" [{backend}]" if backend else ""))
+    for warning in report.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return 0
+
+
+async def _cron_remove(args: argparse.Namespace) -> int:
+    async with open_engine(args.dsn, events=False, **_engine_options(args)) as engine:
+        if args.cron_dsn:
+            async with open_database(args.cron_dsn, max_size=2) as cron_db:
+                job = await remove_schedule(engine.db, args.name, cron_db=cron_db)
+        else:
+            job = await remove_schedule(engine.db, args.name)
+    print(f"removed schedule {args.name}" + (" and its pg_cron job" if job else ""))
     return 0
 
 

@@ -28,7 +28,7 @@ from ._schema import CORE_VERSION, check, require_complete
 from ._schema import install as install_into
 from ._serde import to_json
 from ._util import unwrap_single_errors
-from ._worker import WorkerGroup, WorkerOptions, run_workers
+from ._worker import ServeTarget, WorkerGroup, WorkerOptions, run_workers
 
 In = TypeVar("In")
 Out = TypeVar("Out")
@@ -493,7 +493,7 @@ class Engine(_Starter):
     # ---- workers -------------------------------------------------------------------------------------------
     async def serve(
         self,
-        *targets: object,
+        *targets: ServeTarget,
         options: WorkerOptions | None = None,
         task_status: trio.TaskStatus[WorkerGroup] = trio.TASK_STATUS_IGNORED,
     ) -> None:

@@ -8,7 +8,7 @@ from typing import Any, assert_type
 
 import attrs
 
-from pgflow_trio import Context, Engine, Flow, Job, RunHandle, map_step, needs, needs_all, run_inline, step
+from pgflow_trio import JSON, Context, Engine, Flow, Job, RunHandle, map_step, needs, needs_all, run_inline, step
 from pgflow_trio._flow import needs_input
 
 
@@ -132,6 +132,6 @@ async def engine_usage(engine: Engine) -> None:
     job = await engine.enqueue(Notify, OrderInput(2), delay=10)
     assert_type(await job.result(), int)
     untyped = await engine.start("checkout", {"order_id": 1})
-    assert_type(untyped, RunHandle[Any])
+    assert_type(untyped, RunHandle[JSON])
     await engine.start(Checkout, Valid(1))  # type: ignore[misc]
     await engine.enqueue(Notify, "not an order")  # type: ignore[misc]
