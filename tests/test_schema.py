@@ -225,3 +225,10 @@ def test_embedded_default_is_used_without_a_dsn(tmp_path: Path, core_tarball: Pa
     assert result.returncode == 1, result.stderr
     assert "server:           PostgreSQL 18" in result.stdout
     assert (data_dir / "PG_VERSION").is_file()
+
+
+def test_a_directory_given_as_the_core_tarball_is_named_as_such(tmp_path: Path) -> None:
+    from pgflow_trio._schema import obtain_core_tarball
+
+    with pytest.raises(SchemaError, match=r"is a directory: give the @pgflow/core 0\.8\.1 \.tgz file"):
+        obtain_core_tarball(tmp_path)

@@ -327,7 +327,7 @@ class Scheduler:
         lost = trio.Event()
 
         async def connect() -> asyncpg.Connection[asyncpg.Record]:
-            con = await asyncpg.connect(self.db.dsn)
+            con = await asyncpg.connect(self.db.dsn, timeout=self.db.connect_timeout)
             con.add_termination_listener(lambda _c: lost.set())
             return con
 

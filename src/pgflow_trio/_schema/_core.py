@@ -83,6 +83,8 @@ def obtain_core_tarball(path: Path | None = None) -> Path:
     """The verified tarball: `path`, else `PGFLOW_CORE_TARBALL`, else the per-user cache (filled by `npm pack`)."""
     given = path or (Path(os.environ[CORE_TARBALL_ENV]) if os.environ.get(CORE_TARBALL_ENV) else None)
     if given is not None:
+        if given.is_dir():
+            raise SchemaError(f"core tarball {given} is a directory: give the @pgflow/core {CORE_VERSION} .tgz file")
         if not given.is_file():
             raise SchemaError(f"core tarball {given} does not exist")
         verify_tarball(given)
