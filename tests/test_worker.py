@@ -366,7 +366,7 @@ async def test_a_task_input_the_handler_cannot_accept_fails_at_once_without_retr
 ) -> None:
     with trio.fail_after(30):
         async with database(dsn) as db, running(dsn, flows.Flaky):
-            run_id = await start_run(db, "flaky", [1, 2])
+            run_id = await start_run(db, "flaky", {"order_id": "seven"})
             assert (await wait_run(db, run_id))[0] == "failed"
             task = await db.fetchrow(
                 "SELECT status, attempts_count, error_message FROM pgflow.step_tasks WHERE run_id = $1", run_id
