@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from urllib.parse import urlsplit, urlunsplit
 
-from pgflow_trio._db import open_database
-from pgflow_trio._dsn import resolve_dsn
-from pgflow_trio._schema import install
+from pgflow_trio._store import open_database
+from pgflow_trio._store._dsn import resolve_dsn
+from pgflow_trio._store._schema import install
 
 
 def percentile(values: Sequence[float], pct: float) -> float:

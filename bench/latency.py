@@ -17,8 +17,8 @@ import time
 import trio
 
 from pgflow_trio import Context, Job
-from pgflow_trio._db import open_database
-from pgflow_trio._worker import WorkerGroup, WorkerOptions, serve
+from pgflow_trio._runtime import WorkerGroup, WorkerOptions, serve
+from pgflow_trio._store import open_database
 
 from ._common import bench_database, percentile
 

@@ -27,9 +27,9 @@ from pathlib import Path
 import trio
 
 from pgflow_trio import Context, Flow, Job, map_step, needs_input, step
-from pgflow_trio._db import Database, open_database
-from pgflow_trio._engine import open_engine
-from pgflow_trio._worker import WorkerGroup, WorkerOptions
+from pgflow_trio._client._engine import open_engine
+from pgflow_trio._runtime import WorkerGroup, WorkerOptions
+from pgflow_trio._store import Database, open_database
 
 from ._common import bench_database, percentile
 from .latency import measure as measure_latency

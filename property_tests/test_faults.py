@@ -20,7 +20,7 @@ import trio
 from tests.helpers import FAST, eventually
 
 from pgflow_trio import Context, Flow, WorkerGroup, open_engine, step
-from pgflow_trio._db import open_database
+from pgflow_trio._store import open_database
 
 executions: Counter[tuple[str, int]] = Counter()
 

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import trio
 
-from pgflow_trio._db import open_database
-from pgflow_trio._dsn import start_embedded
-from pgflow_trio._schema import install, obtain_core_tarball
-from pgflow_trio._schema._install import own_migrations, realtime_stand_in
+from pgflow_trio._store import open_database
+from pgflow_trio._store._dsn import start_embedded
+from pgflow_trio._store._schema import install, obtain_core_tarball
+from pgflow_trio._store._schema._install import own_migrations, realtime_stand_in
 
 from .helpers import dsn_for, run_sql
 

@@ -18,8 +18,8 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import trio
 
-from pgflow_trio._db import Database
-from pgflow_trio._worker import WorkerOptions
+from pgflow_trio._runtime import WorkerOptions
+from pgflow_trio._store import Database
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -64,7 +64,7 @@ def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> 
 
 def load_example() -> ModuleType:
     """examples/process_order.py, imported the way the CLI imports a file target."""
-    from pgflow_trio._targets import load_object
+    from pgflow_trio._cli._targets import load_object
 
     flow = load_object(str(ROOT / "examples" / "process_order.py") + ":ProcessOrder")
     return sys.modules[flow.__module__]

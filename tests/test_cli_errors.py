@@ -167,7 +167,7 @@ def test_cli_defaults_come_from_the_options_classes() -> None:
     import attrs
 
     from pgflow_trio import WorkerOptions
-    from pgflow_trio._cli import WORKER_SETTINGS, build_parser
+    from pgflow_trio._cli._commands import WORKER_SETTINGS, build_parser
 
     fields = attrs.fields_dict(WorkerOptions)
     worker_help = next(

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pgflow_trio import DefinitionError, compile_flow, definition_of, flow_from_spec, spec_of
-from pgflow_trio._dsn import user_cache_dir
+from pgflow_trio._store._dsn import user_cache_dir
 
 from .helpers import cli, load_example
 

@@ -27,8 +27,10 @@ from pgflow_trio import (
     flow_from_spec,
     step,
 )
-from pgflow_trio._cron import (
-    ScheduleNotFound,
+from pgflow_trio._definitions._schedule import ScheduleDef, ticks_between
+from pgflow_trio._exceptions import ScheduleNotFound
+from pgflow_trio._runtime import WorkerGroup, WorkerOptions, run_workers, serve
+from pgflow_trio._runtime._cron import (
     Scheduler,
     fire_due,
     list_schedules,
@@ -36,10 +38,8 @@ from pgflow_trio._cron import (
     remove_schedule,
     sync_schedules,
 )
-from pgflow_trio._db import Database, open_database
-from pgflow_trio._schedule import ScheduleDef, ticks_between
-from pgflow_trio._schema import install
-from pgflow_trio._worker import WorkerGroup, WorkerOptions, run_workers, serve
+from pgflow_trio._store import Database, open_database
+from pgflow_trio._store._schema import install
 
 from .helpers import FAST, cli, eventually, run_sql
 
@@ -197,7 +197,7 @@ async def test_competing_schedulers_fire_each_tick_once_across_a_leader_crash(ds
     flow = definition_of(EverySecond)
     with trio.fail_after(60):
         async with open_database(dsn, max_size=8) as db:
-            from pgflow_trio._worker._registry import ensure_flow
+            from pgflow_trio._store._registry import ensure_flow
 
             await ensure_flow(db, flow)
             await _live_worker(db, "every_second")
@@ -245,7 +245,7 @@ async def test_catch_up_after_downtime(dsn: str, policy: str, expected_runs: int
         }
     )
     async with open_database(dsn, max_size=2) as db:
-        from pgflow_trio._worker._registry import ensure_flow
+        from pgflow_trio._store._registry import ensure_flow
 
         await ensure_flow(db, flow)
         await _live_worker(db, "hourly_report")
@@ -325,7 +325,7 @@ def test_cron_cli_sync_and_list(dsn: str, tmp_path: Any) -> None:
 
 
 def test_worker_cron_backend_comes_from_its_flag_or_environment() -> None:
-    from pgflow_trio._cli import build_parser
+    from pgflow_trio._cli._commands import build_parser
 
     assert build_parser().parse_args(["worker", "x.py:X", "--cron-backend", "builtin"]).cron_backend == "builtin"
     wrong = cli("worker", "tests/flows.py:Echo", env={"PGFLOW_CRON_BACKEND": "sometimes"})
@@ -346,7 +346,7 @@ async def test_pg_cron_schedules_start_flows_exactly_once_per_tick(cron_dsn: str
     with trio.fail_after(120):
         async with open_database(cron_empty_dsn, max_size=3) as db, open_database(cron_dsn, max_size=2) as cron_db:
             await install(db)
-            from pgflow_trio._worker._registry import ensure_flow
+            from pgflow_trio._store._registry import ensure_flow
 
             await ensure_flow(db, flow)
             await _live_worker(db, "pgcron_flow")
@@ -387,7 +387,7 @@ async def test_pg_cron_schedules_start_flows_exactly_once_per_tick(cron_dsn: str
 async def test_pg_cron_is_chosen_only_where_it_is_installed(dsn: str, caplog: pytest.LogCaptureFixture) -> None:
     flow = flow_from_spec({"slug": "wants_pg_cron", "steps": [{"slug": "a"}], "cron": "@hourly"})
     async with open_database(dsn, max_size=1) as db:
-        from pgflow_trio._cron import choose_backend
+        from pgflow_trio._runtime._cron import choose_backend
 
         assert await choose_backend(db, "auto") == "builtin"
         assert await choose_backend(db, "pg_cron") == "builtin"
@@ -443,7 +443,7 @@ async def _fire(db: Database, name: str, tick: datetime.datetime) -> Any:
 
 
 async def test_a_schedule_fires_only_while_a_live_worker_serves_its_flow(dsn: str) -> None:
-    from pgflow_trio._worker._registry import ensure_flow
+    from pgflow_trio._store._registry import ensure_flow
 
     flow = flow_from_spec({"slug": "owned", "steps": [{"slug": "a"}], "cron": "* * * * *"})
     tick = datetime.datetime(2026, 1, 1, tzinfo=UTC)
@@ -468,7 +468,7 @@ async def test_a_schedule_fires_only_while_a_live_worker_serves_its_flow(dsn: st
 async def test_schedulers_leave_unserved_flows_alone_and_catch_up_when_a_worker_returns(dsn: str) -> None:
     """A worker serving only every_second must not fire an old tick_job schedule; once a worker serves tick_job
     again within the grace, the ticks it missed fire."""
-    from pgflow_trio._worker._registry import ensure_flow
+    from pgflow_trio._store._registry import ensure_flow
 
     tick_job = flow_from_spec({"slug": "tick_job", "steps": [{"slug": "a"}], "cron": "* * * * * *"})
 
@@ -499,7 +499,7 @@ async def _ticks_since(db: Database, name: str, since: datetime.datetime, *, sec
 
 
 async def test_list_schedules_reports_orphans_with_a_reason(dsn: str) -> None:
-    from pgflow_trio._worker._registry import ensure_flow
+    from pgflow_trio._store._registry import ensure_flow
 
     specs = {
         slug: flow_from_spec({"slug": slug, "steps": [{"slug": "a"}], "cron": "0 * * * *"})
@@ -521,7 +521,7 @@ async def test_list_schedules_reports_orphans_with_a_reason(dsn: str) -> None:
 
 
 async def test_remove_schedule_removes_its_row_and_ticks_and_names_the_others_when_unknown(dsn: str) -> None:
-    from pgflow_trio._worker._registry import ensure_flow
+    from pgflow_trio._store._registry import ensure_flow
 
     flow = flow_from_spec(
         {

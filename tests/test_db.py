@@ -9,7 +9,7 @@ import pytest
 import trio
 
 from pgflow_trio import ConnectionLost, DatabaseError, PgflowError
-from pgflow_trio._db import MissedNotifications, Notification, open_database, open_listener
+from pgflow_trio._store import MissedNotifications, Notification, open_database, open_listener
 
 from .helpers import run_sql
 

@@ -23,8 +23,8 @@ from pgflow_trio import (
     spec_of,
     step,
 )
-from pgflow_trio._definition import ParamKind
-from pgflow_trio._flow import needs_input
+from pgflow_trio._definitions._flow import needs_input
+from pgflow_trio._definitions._model import ParamKind
 
 
 @attrs.frozen

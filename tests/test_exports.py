@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import inspect
 import pkgutil
 import typing
+from pathlib import Path
+
+import pytest
 
 import pgflow_trio
 
+PUBLIC_SUBMODULES: frozenset[str] = frozenset()
+
+
+def _public() -> list[str]:
+    return sorted(name for name in dir(pgflow_trio) if not name.startswith("_"))
+
 
 def test_public_names_are_reexports_of_private_modules() -> None:
-    public = [name for name in dir(pgflow_trio) if not name.startswith("_")]
+    public = _public()
     assert public, "nothing exported"
     for name in public:
         obj = getattr(pgflow_trio, name)
@@ -19,6 +29,22 @@ def test_public_names_are_reexports_of_private_modules() -> None:
         assert module == "pgflow_trio" or module.startswith("pgflow_trio._"), (name, module)
 
 
+def test_public_exceptions_and_functions_report_the_public_module() -> None:
+    for name in _public():
+        obj = getattr(pgflow_trio, name)
+        if inspect.isfunction(obj) or (isinstance(obj, type) and issubclass(obj, BaseException)):
+            assert obj.__module__ == "pgflow_trio", name
+
+
 def test_every_submodule_is_private() -> None:
     for info in pkgutil.iter_modules(pgflow_trio.__path__):
-        assert info.name.startswith("_"), f"pgflow_trio.{info.name} should be private"
+        assert info.name.startswith("_") or info.name in PUBLIC_SUBMODULES, f"pgflow_trio.{info.name} is public"
+
+
+def test_mypy_sees_every_public_name(tmp_path: Path) -> None:
+    api = pytest.importorskip("mypy.api")
+    root = Path(__file__).resolve().parent.parent
+    probe = tmp_path / "public_names.py"
+    probe.write_text("import pgflow_trio\n\n" + "".join(f"pgflow_trio.{name}\n" for name in _public()))
+    out, err, status = api.run(["--config-file", str(root / "mypy.ini"), "--no-incremental", str(probe)])
+    assert status == 0, out + err

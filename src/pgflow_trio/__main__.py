@@ -2,6 +2,6 @@
 
 import sys
 
-from ._cli import main
+from pgflow_trio._cli._commands import main
 
 sys.exit(main())

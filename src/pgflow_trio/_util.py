@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from ._errors import ConfigurationError
+from pgflow_trio._exceptions import ConfigurationError
 
 
 def single_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException | None:

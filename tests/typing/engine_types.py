@@ -9,7 +9,7 @@ from typing import Any, assert_type
 import attrs
 
 from pgflow_trio import Context, Engine, FlowDef, Job, RunHandle, open_engine
-from pgflow_trio._records import JSON
+from pgflow_trio._models import JSON
 
 
 @attrs.frozen

@@ -9,7 +9,7 @@ from typing import Any, assert_type
 import attrs
 
 from pgflow_trio import JSON, Context, Engine, Flow, Job, RunHandle, map_step, needs, needs_all, run_inline, step
-from pgflow_trio._flow import needs_input
+from pgflow_trio._definitions._flow import needs_input
 
 
 @attrs.frozen

@@ -1,0 +1,1 @@
+"""`python -m pgflow_trio ...`: commands, target loading and the demo. The top layer: it may import everything."""

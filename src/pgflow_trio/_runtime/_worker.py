@@ -1,0 +1,508 @@
+"""One worker serving one flow or job (its queue is the flow slug), speaking pgflow core 0.8.1's worker protocol.
+
+register -> (heartbeat | recover | extend visibility | read -> start_tasks -> run handler -> complete/fail).
+Each task runs in its own cancel scope whose deadline is the step's timeout. Stopping stops the reader, gives
+running tasks `shutdown_grace` seconds, then cancels them and hands them back without using up an attempt.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import random
+import traceback
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Literal, TypeAlias
+
+import attrs
+import trio
+
+from pgflow_trio._codec import to_json, unstructure
+from pgflow_trio._definitions._context import Context
+from pgflow_trio._definitions._flow import Definition, definition_of
+from pgflow_trio._definitions._model import FlowDef
+from pgflow_trio._definitions._values import encode_output
+from pgflow_trio._exceptions import ConnectionLost, DatabaseError, DefinitionError, PgflowError, SerializationError
+from pgflow_trio._runtime._completer import Completer
+from pgflow_trio._runtime._execute import build_arguments, instantiate
+from pgflow_trio._runtime._options import WorkerOptions
+from pgflow_trio._store import Database, MissedNotifications, open_listener
+from pgflow_trio._store._registry import ensure_flow
+from pgflow_trio._store._worker_queries import (
+    ClaimedTask,
+    fail,
+    fail_permanently,
+    read_and_claim,
+    release,
+    visible_channel,
+)
+
+log = logging.getLogger("pgflow_trio.worker")
+
+RawHandler = Callable[[Any, Context], Awaitable[Any]]
+"""A runtime flow's step handler: gets the raw task input (as pgflow builds it) and the context."""
+
+_ERROR_LIMIT = 2000
+
+_Report = Literal["complete", "fail", "fail_permanently"]
+_SQL_NAMES = {"complete": "complete_task", "fail": "fail_task", "fail_permanently": "fail_task_permanently"}
+
+
+class _BadInput(Exception):
+    """The task input cannot be structured into the handler's parameters: no retry can change that."""
+
+    def __init__(self, error: SerializationError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+@attrs.frozen
+class Served:
+    """What a worker serves: a typed flow/job (with the object its steps are called on) or a runtime flow."""
+
+    flow: FlowDef
+    instance: object | None = None
+    handlers: Mapping[str, RawHandler] | None = None
+
+
+ServeTarget: TypeAlias = (
+    type[Definition[Any, Any]] | Definition[Any, Any] | Served | tuple[FlowDef, Mapping[str, RawHandler]]
+)
+"""What a worker can serve: a flow or job class (instantiated without arguments) or instance, a `Served`, or a
+runtime flow with its handlers, `(FlowDef, {step_slug: handler})`."""
+
+
+def served(target: ServeTarget) -> Served:
+    """Accept a flow/job class or instance, a `Served`, or `(FlowDef, {step_slug: handler})` for runtime flows."""
+    if isinstance(target, Served):
+        return target
+    if isinstance(target, tuple) and len(target) == 2 and isinstance(target[0], FlowDef):
+        flow, handlers = target
+        missing = [s.slug for s in flow.steps if s.slug not in handlers]
+        if missing:
+            raise DefinitionError(f"runtime flow {flow.slug!r}: no handler for steps {', '.join(missing)}")
+        return Served(flow, handlers=dict(handlers))
+    flow = definition_of(target)
+    if not flow.typed:
+        raise DefinitionError(f"flow {flow.slug!r} has no handlers: pass (flow, {{step_slug: handler}})")
+    return Served(flow, instance=instantiate(flow, target))
+
+
+@attrs.define
+class _Running:
+    task: ClaimedTask
+    visible_until: float  # trio clock time when the message's visibility runs out
+
+
+@attrs.define
+class WorkerStats:
+    started: int = 0
+    completed: int = 0
+    failed: int = 0
+    timed_out: int = 0
+    released: int = 0
+    recovered: int = 0
+    reads: int = 0
+
+
+class Worker:
+    """Runs one flow's tasks. Start it with `await nursery.start(worker.run)`; `stop()` drains it."""
+
+    def __init__(self, db: Database, target: ServeTarget, options: WorkerOptions | None = None) -> None:
+        self.served = served(target)
+        self.flow = self.served.flow
+        self.options = options or WorkerOptions()
+        self.db = db
+        self.worker_id = uuid.uuid4()
+        self.function_name = f"pgflow_trio:{self.flow.slug}"
+        self.stats = WorkerStats()
+        self._running: dict[tuple[uuid.UUID, str, int], _Running] = {}
+        self._capacity_changed = trio.Event()
+        self._wake = trio.Event()
+        self._idle = trio.Event()
+        self._intake = trio.CancelScope()
+        self._stopping = False
+        self._timeouts: dict[str, int] = {}
+        self._completer = Completer(db)
+
+    # ---- control -------------------------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Stop reading; running tasks get `shutdown_grace` seconds, then are cancelled and handed back."""
+        if not self._stopping:
+            log.info("worker %s (%s): stopping", self.worker_id, self.flow.slug)
+        self._stopping = True
+        self._intake.cancel()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    # ---- lifecycle -----------------------------------------------------------------------------------------
+    async def run(self, *, task_status: trio.TaskStatus[Worker] = trio.TASK_STATUS_IGNORED) -> None:
+        """Register, then serve until stopped or cancelled. `task_status.started(self)` once reading."""
+        if self.options.register_flow and await ensure_flow(self.db, self.flow):
+            log.info("created flow %s in the database", self.flow.slug)
+        await self._register()
+        signal = self.options.signal
+        if signal == "notify" and not await self._enable_notify():
+            signal = "poll"
+        try:
+            async with trio.open_nursery() as services:
+                services.start_soon(self._heartbeat_loop)
+                services.start_soon(self._recovery_loop)
+                services.start_soon(self._extend_loop)
+                services.start_soon(self._completer.run)
+                if signal == "notify":
+                    await services.start(self._notify_loop)
+                async with trio.open_nursery() as tasks:
+                    log.info(
+                        "worker %s serving %s (signal=%s, concurrency=%d)",
+                        self.worker_id,
+                        self.flow.slug,
+                        signal,
+                        self.options.concurrency,
+                    )
+                    task_status.started(self)
+                    await self._read_loop(tasks, signal)
+                    await self._drain(tasks)
+                services.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._deregister()
+        log.info("worker %s (%s) stopped: %s", self.worker_id, self.flow.slug, self.stats)
+
+    async def _register(self) -> None:
+        rows = await self.db.fetch(
+            "SELECT step_slug, coalesce(s.opt_timeout, f.opt_timeout) AS timeout FROM pgflow.steps s "
+            "JOIN pgflow.flows f USING (flow_slug) WHERE flow_slug = $1",
+            self.flow.slug,
+        )
+        if not rows:
+            raise DefinitionError(f"flow {self.flow.slug!r} does not exist in the database; start with register_flow")
+        self._timeouts = {r["step_slug"]: r["timeout"] for r in rows}
+        await self.db.execute(
+            "INSERT INTO pgflow.workers (queue_name, worker_id, function_name) VALUES ($1, $2, $3)",
+            self.flow.slug,
+            self.worker_id,
+            self.function_name,
+        )
+
+    async def _deregister(self) -> None:
+        try:
+            with trio.move_on_after(5):
+                await self.db.execute(
+                    "UPDATE pgflow.workers SET deprecated_at = coalesce(deprecated_at, now()) WHERE worker_id = $1",
+                    self.worker_id,
+                )
+        except PgflowError as exc:
+            log.warning("could not mark worker %s stopped: %s", self.worker_id, exc)
+
+    async def _enable_notify(self) -> bool:
+        """Make the queue notify whenever a message may have become readable: pgmq's insert notifications
+        (unthrottled) and our trigger for messages made visible earlier without an insert (retries, tasks handed
+        back or recovered, failures reported by any process). Once per queue; concurrent workers serialize on a
+        lock."""
+        try:
+            async with self.db.transaction() as tx:
+                await tx.execute(
+                    "SELECT pg_advisory_xact_lock(hashtextextended('pgflow_trio:notify:' || $1, 0))", self.flow.slug
+                )
+                enabled = await tx.fetchval(
+                    "SELECT EXISTS (SELECT 1 FROM pgmq.notify_insert_throttle "
+                    "WHERE queue_name = $1 AND throttle_interval_ms = 0)",
+                    self.flow.slug,
+                )
+                if not enabled:
+                    await tx.execute("SELECT pgmq.enable_notify_insert($1, 0)", self.flow.slug)
+                await tx.execute("SELECT pgflow_trio.enable_notify_visible($1)", self.flow.slug)
+            return True
+        except DatabaseError as exc:
+            log.warning("pgmq insert notifications unavailable (%s); polling instead", exc)
+            return False
+
+    # ---- reading -------------------------------------------------------------------------------------------
+    async def _wait_for_capacity(self) -> int:
+        """Free slots to read for: any when idle; while tasks run, at least half a batch, so that one slot freed
+        at a time does not turn into one read (three round trips) per message."""
+        batch = min(self.options.batch_size, self.options.concurrency)
+        while True:
+            free = self.options.concurrency - len(self._running)
+            if free >= max(1, batch // 2) or (free > 0 and not self._running):
+                return free
+            await self._capacity_changed.wait()
+
+    def _capacity_update(self) -> None:
+        self._capacity_changed.set()
+        self._capacity_changed = trio.Event()
+        if not self._running:
+            self._idle.set()
+
+    async def _read_loop(self, tasks: trio.Nursery, signal: str) -> None:
+        interval = self.options.poll_min
+        with self._intake:
+            while True:
+                free = await self._wait_for_capacity()
+                qty = min(self.options.batch_size, free)
+                self._wake = trio.Event()
+                read_at = trio.current_time()
+                try:
+                    result = await self.db.run(
+                        functools.partial(
+                            read_and_claim,
+                            queue=self.flow.slug,
+                            worker_id=self.worker_id,
+                            qty=qty,
+                            visibility=self.options.read_visibility,
+                            poll_seconds=self.options.poll_seconds if signal == "poll" else None,
+                            poll_interval_ms=max(1, int(interval * 1000)),
+                            want_next_visible=signal == "notify",
+                        )
+                    )
+                except PgflowError as exc:
+                    log.warning("worker %s: read failed (%s); retrying", self.worker_id, exc)
+                    await trio.sleep(min(self.options.poll_max * 2, 5.0))
+                    continue
+                self.stats.reads += 1
+                for task in result.tasks:
+                    self._spawn(tasks, task, read_at)
+                if result.read:
+                    interval = self.options.poll_min
+                    continue
+                interval = min(interval * 2, self.options.poll_max)
+                if signal == "notify":
+                    wait = self.options.fallback_poll
+                    if result.next_visible_in is not None:
+                        wait = min(wait, max(result.next_visible_in, 0.005))
+                    with trio.move_on_after(wait):
+                        await self._wake.wait()
+
+    async def _notify_loop(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        channels = [f"pgmq.q_{self.flow.slug}.INSERT", visible_channel(self.flow.slug)]
+        async with open_listener(self.db, channels) as listener:
+            task_status.started()
+            async for event in listener:
+                if isinstance(event, MissedNotifications):
+                    log.info("worker %s: %s; reading now", self.worker_id, event.reason)
+                self._wake.set()
+
+    async def _drain(self, tasks: trio.Nursery) -> None:
+        if self._running:
+            log.info(
+                "worker %s: waiting up to %ss for %d running tasks",
+                self.worker_id,
+                self.options.shutdown_grace,
+                len(self._running),
+            )
+            self._idle = trio.Event()
+            with trio.move_on_after(self.options.shutdown_grace):
+                while self._running:
+                    await self._idle.wait()
+        tasks.cancel_scope.cancel()
+
+    # ---- running tasks -------------------------------------------------------------------------------------
+    def _spawn(self, tasks: trio.Nursery, task: ClaimedTask, read_at: float) -> None:
+        """Run a claimed task. Its message stays invisible for `read_visibility` from the read (pgflow 0.8.1's
+        start_tasks means to set it to the timeout + 2 s, but that statement of it never runs); the extend loop
+        keeps it invisible for as long as the task runs."""
+        key = (task.run_id, task.step_slug, task.task_index)
+        self._running[key] = _Running(task, read_at + self.options.read_visibility)
+        self.stats.started += 1
+        tasks.start_soon(self._execute, key, task)
+
+    async def _execute(self, key: tuple[uuid.UUID, str, int], task: ClaimedTask) -> None:
+        step = self.flow.step(task.step_slug)
+        timeout = self._timeouts.get(task.step_slug, 60)
+        ctx = Context(
+            run_id=task.run_id,
+            flow_slug=self.flow.slug,
+            step_slug=task.step_slug,
+            task_index=task.task_index,
+            attempt=task.attempt,
+            flow_input=task.flow_input,
+            worker_id=self.worker_id,
+            msg_id=task.msg_id,
+        )
+        try:
+            try:
+                with trio.move_on_after(timeout) as deadline:
+                    output = await self._invoke(step.slug, task, ctx)
+            except _BadInput as bad:
+                log.error(
+                    "task %s/%s[%d] of run %s failed without retry, its input does not fit the handler: %s",
+                    self.flow.slug,
+                    task.step_slug,
+                    task.task_index,
+                    task.run_id,
+                    " ".join(str(bad.error).split()),
+                )
+                self.stats.failed += 1
+                await self._report("fail_permanently", task, _error_text(bad.error))
+                return
+            except Exception as exc:
+                log.error(
+                    "task %s/%s[%d] of run %s failed (attempt %d):\n%s",
+                    self.flow.slug,
+                    task.step_slug,
+                    task.task_index,
+                    task.run_id,
+                    task.attempt,
+                    "".join(traceback.format_exception(exc)).rstrip(),
+                )
+                self.stats.failed += 1
+                await self._report("fail", task, _error_text(exc))
+                return
+            if deadline.cancelled_caught:
+                log.warning(
+                    "task %s/%s[%d] of run %s timed out after %ss",
+                    self.flow.slug,
+                    task.step_slug,
+                    task.task_index,
+                    task.run_id,
+                    timeout,
+                )
+                self.stats.timed_out += 1
+                await self._report(
+                    "fail", task, f"TimeoutError: step {task.step_slug!r} exceeded its timeout of {timeout}s"
+                )
+                return
+            try:
+                output_json = to_json(output, what=f"output of step {self.flow.slug}.{task.step_slug}")
+            except PgflowError as exc:
+                self.stats.failed += 1
+                await self._report("fail", task, _error_text(exc))
+                return
+            await self._report("complete", task, output_json)
+            self.stats.completed += 1
+        except trio.Cancelled:
+            with trio.CancelScope(shield=True):
+                await self._release(task)
+            raise
+        finally:
+            del self._running[key]
+            self._capacity_update()
+
+    async def _invoke(self, slug: str, task: ClaimedTask, ctx: Context) -> Any:
+        if self.served.handlers is not None:
+            result = await self.served.handlers[slug](task.input, ctx)
+            return unstructure(result, what=f"output of step {self.flow.slug}.{slug}")
+        step = self.flow.step(slug)
+        assert step.handler is not None
+        try:
+            kwargs = build_arguments(self.flow, step, task.input, ctx)
+        except SerializationError as exc:
+            raise _BadInput(exc) from exc
+        result = await step.handler(self.served.instance, **kwargs)
+        return encode_output(self.flow, step, result)
+
+    async def _report(self, kind: _Report, task: ClaimedTask, payload: str) -> None:
+        """complete_task (batched) or fail_task, retried while the connection is down; a complete_task the
+        database rejects becomes a fail_task with its error. Recovery covers whatever still fails."""
+        delay = 0.1
+        where = f"{task.run_id}/{task.step_slug}[{task.task_index}]"
+        for attempt in range(6):
+            try:
+                if kind == "complete":
+                    await self._completer.complete(task, payload)
+                else:
+                    failing = fail if kind == "fail" else fail_permanently
+                    await self.db.run(functools.partial(failing, task=task, payload=payload))
+                return
+            except ConnectionLost as exc:
+                log.warning("reporting task %s failed (%s); retry %d", where, exc, attempt + 1)
+                await trio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+            except DatabaseError as exc:
+                log.error("%s for %s failed: %s", _SQL_NAMES[kind], where, exc)
+                if kind != "complete":
+                    return
+                kind, payload = "fail", f"complete_task failed: {exc}"[:_ERROR_LIMIT]
+        log.error("gave up reporting task %s; recovery will requeue it", where)
+
+    async def _release(self, task: ClaimedTask) -> None:
+        try:
+            with trio.move_on_after(5):
+                released = await self.db.run(functools.partial(release, worker_id=self.worker_id, tasks=[task]))
+                self.stats.released += released
+                if released:
+                    log.info(
+                        "handed back task %s/%s[%d] of run %s",
+                        self.flow.slug,
+                        task.step_slug,
+                        task.task_index,
+                        task.run_id,
+                    )
+        except PgflowError as exc:
+            log.warning(
+                "could not hand back task %s/%s[%d]: %s; recovery will requeue it",
+                task.run_id,
+                task.step_slug,
+                task.task_index,
+                exc,
+            )
+
+    # ---- background duties ---------------------------------------------------------------------------------
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await trio.sleep(self.options.heartbeat_interval)
+            try:
+                deprecated = await self.db.fetchval(
+                    "UPDATE pgflow.workers SET last_heartbeat_at = clock_timestamp() WHERE worker_id = $1 "
+                    "RETURNING deprecated_at IS NOT NULL",
+                    self.worker_id,
+                )
+            except PgflowError as exc:
+                log.warning("worker %s: heartbeat failed: %s", self.worker_id, exc)
+                continue
+            if deprecated and not self._stopping:
+                log.info("worker %s was marked deprecated: draining", self.worker_id)
+                self.stop()
+
+    async def _recovery_loop(self) -> None:
+        while True:
+            await trio.sleep(self.options.recovery_interval * random.uniform(0.5, 1.0))
+            try:
+                rows = await self.db.fetch(
+                    "SELECT * FROM pgflow_trio.recover_stalled_tasks($1, $2, 100)",
+                    self.options.stale_after,
+                    self.options.timeout_grace,
+                )
+            except PgflowError as exc:
+                log.warning("worker %s: recovery failed: %s", self.worker_id, exc)
+                continue
+            for row in rows:
+                self.stats.recovered += 1
+                log.warning(
+                    "recovered task %s/%s[%d]: %s", row["run_id"], row["step_slug"], row["task_index"], row["reason"]
+                )
+
+    async def _extend_loop(self) -> None:
+        margin = self.options.extend_margin
+        while True:
+            await trio.sleep(max(margin / 3, 0.2))
+            now = trio.current_time()
+            due = [r for r in self._running.values() if r.visible_until - now < margin]
+            if not due:
+                continue
+            offset = math.ceil(margin * 3)
+            try:
+                await self.db.execute(
+                    "SELECT pgflow.set_vt_batch($1, $2::bigint[], $3::int[])",
+                    self.flow.slug,
+                    [r.task.msg_id for r in due],
+                    [offset] * len(due),
+                )
+            except PgflowError as exc:
+                log.warning("worker %s: extending visibility failed: %s", self.worker_id, exc)
+                continue
+            for r in due:
+                r.visible_until = now + offset
+
+
+def _error_text(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:_ERROR_LIMIT]

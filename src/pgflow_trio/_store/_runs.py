@@ -1,0 +1,182 @@
+"""Starting and reading runs. Each function runs inside asyncio on one connection (one crossing per call)."""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import json
+import uuid
+from typing import Any
+
+import asyncpg
+
+from pgflow_trio._definitions._model import slug_problem
+from pgflow_trio._exceptions import DefinitionError, FlowNotFound
+from pgflow_trio._models import Run, RunPage, StepState
+from pgflow_trio._store import RawConnection, Record
+
+_RUN_COLUMNS = (
+    "run_id, flow_slug, status, input::text AS input, output::text AS output, remaining_steps, "
+    "started_at, completed_at, failed_at"
+)
+
+
+def checked_slug(slug: str) -> str:
+    """`slug` if it is a valid flow slug (so it may name a queue table), else FlowNotFound."""
+    problem = slug_problem(slug)
+    if problem is not None:
+        raise FlowNotFound(f"there is no flow {slug!r}: a flow slug {problem}")
+    return slug
+
+
+async def start_run(
+    con: RawConnection,
+    *,
+    slug: str,
+    input_json: str,
+    run_id: uuid.UUID | None,
+    at: datetime.datetime | None = None,
+    delay: float | None = None,
+) -> tuple[uuid.UUID, bool]:
+    """Start a run (or find the run `run_id` names). Returns (run_id, existed).
+
+    With `at`/`delay`, the run is stored now and its first tasks become visible then, in the same transaction."""
+    if run_id is not None:
+        existing = await _existing(con, run_id, slug)
+        if existing is not None:
+            return existing, True
+    try:
+        async with con.transaction():  # a savepoint when the caller has a transaction open
+            new_id: uuid.UUID = await con.fetchval(
+                "SELECT run_id FROM pgflow.start_flow($1, $2::jsonb, $3)", slug, input_json, run_id
+            )
+            if at is not None or delay is not None:
+                await con.execute(
+                    f'UPDATE pgmq."q_{checked_slug(slug)}" SET vt = greatest(vt, coalesce($2, clock_timestamp() '
+                    "+ make_interval(secs => $3))) WHERE msg_id IN (SELECT message_id FROM pgflow.step_tasks "
+                    "WHERE run_id = $1 AND message_id IS NOT NULL)",
+                    new_id,
+                    at,
+                    delay if delay is not None else 0.0,
+                )
+    except asyncpg.ForeignKeyViolationError as exc:
+        raise FlowNotFound(
+            f"there is no flow {slug!r} in the database: start a worker for it (it registers the flow) or run "
+            f"`python -m pgflow_trio compile ...` and apply the SQL"
+        ) from exc
+    except asyncpg.UniqueViolationError:
+        if run_id is None:
+            raise
+        existing = await _existing(con, run_id, slug)
+        if existing is None:
+            raise
+        return existing, True
+    return new_id, False
+
+
+async def _existing(con: RawConnection, run_id: uuid.UUID, slug: str) -> uuid.UUID | None:
+    found = await con.fetchval("SELECT flow_slug FROM pgflow.runs WHERE run_id = $1", run_id)
+    if found is None:
+        return None
+    if found != slug:
+        raise DefinitionError(f"run {run_id} already exists for flow {found!r}, not {slug!r}")
+    return run_id
+
+
+def _run(row: Record, steps: tuple[StepState, ...] = ()) -> Run:
+    return Run(
+        run_id=row["run_id"],
+        flow_slug=row["flow_slug"],
+        status=row["status"],
+        input=json.loads(row["input"]),
+        output=None if row["output"] is None else json.loads(row["output"]),
+        remaining_steps=row["remaining_steps"],
+        started_at=row["started_at"],
+        completed_at=row["completed_at"],
+        failed_at=row["failed_at"],
+        steps=steps,
+    )
+
+
+async def fetch_run(con: RawConnection, *, run_id: uuid.UUID, with_states: bool) -> Run | None:
+    row = await con.fetchrow(f"SELECT {_RUN_COLUMNS} FROM pgflow.runs WHERE run_id = $1", run_id)
+    if row is None:
+        return None
+    steps: tuple[StepState, ...] = ()
+    if with_states:
+        rows = await con.fetch(
+            """SELECT ss.step_slug, ss.status, ss.remaining_tasks, ss.initial_tasks, ss.remaining_deps,
+                      ss.error_message, ss.created_at, ss.started_at, ss.completed_at, ss.failed_at
+               FROM pgflow.step_states ss JOIN pgflow.steps s USING (flow_slug, step_slug)
+               WHERE ss.run_id = $1 ORDER BY s.step_index""",
+            run_id,
+        )
+        steps = tuple(StepState(**dict(r)) for r in rows)
+    return _run(row, steps)
+
+
+async def failure_of(con: RawConnection, *, run_id: uuid.UUID) -> tuple[str | None, str | None]:
+    """(failed step, its error message) of a failed run."""
+    row = await con.fetchrow(
+        """SELECT step_slug, error_message FROM pgflow.step_states WHERE run_id = $1 AND status = 'failed'
+           ORDER BY failed_at LIMIT 1""",
+        run_id,
+    )
+    if row is not None:
+        return row["step_slug"], row["error_message"]
+    row = await con.fetchrow(
+        """SELECT step_slug, error_message FROM pgflow.step_tasks WHERE run_id = $1 AND status = 'failed'
+           ORDER BY failed_at LIMIT 1""",
+        run_id,
+    )
+    return (row["step_slug"], row["error_message"]) if row is not None else (None, None)
+
+
+def _encode_cursor(run: Run) -> str:
+    return base64.urlsafe_b64encode(f"{run.started_at.isoformat()}|{run.run_id}".encode()).decode()
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime.datetime, uuid.UUID]:
+    try:
+        stamp, run_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
+        return datetime.datetime.fromisoformat(stamp), uuid.UUID(run_id)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DefinitionError(f"invalid cursor {cursor!r}: pass the next_cursor of a previous page") from exc
+
+
+async def list_runs(
+    con: RawConnection,
+    *,
+    flow_slug: str | None,
+    status: str | None,
+    started_after: datetime.datetime | None,
+    started_before: datetime.datetime | None,
+    limit: int,
+    cursor: str | None,
+) -> RunPage:
+    """Runs newest first, filtered; keyset-paginated on (started_at, run_id)."""
+    conditions = ["TRUE"]
+    args: list[Any] = []
+
+    def arg(value: Any) -> str:
+        args.append(value)
+        return f"${len(args)}"
+
+    if flow_slug is not None:
+        conditions.append(f"flow_slug = {arg(flow_slug)}")
+    if status is not None:
+        conditions.append(f"status = {arg(status)}")
+    if started_after is not None:
+        conditions.append(f"started_at >= {arg(started_after)}")
+    if started_before is not None:
+        conditions.append(f"started_at < {arg(started_before)}")
+    if cursor is not None:
+        stamp, last_id = _decode_cursor(cursor)
+        conditions.append(f"(started_at, run_id) < ({arg(stamp)}, {arg(last_id)})")
+    rows = await con.fetch(
+        f"SELECT {_RUN_COLUMNS} FROM pgflow.runs WHERE {' AND '.join(conditions)} "
+        f"ORDER BY started_at DESC, run_id DESC LIMIT {arg(limit + 1)}",
+        *args,
+    )
+    runs = tuple(_run(r) for r in rows[:limit])
+    return RunPage(runs, _encode_cursor(runs[-1]) if len(rows) > limit else None)

@@ -1,0 +1,162 @@
+"""The worker's SQL, each unit of work one function run inside asyncio in a single crossing (`Database.run`)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import attrs
+
+from pgflow_trio._store import RawConnection, Record
+
+
+@attrs.frozen
+class ClaimedTask:
+    """A task this worker started: what pgflow.start_tasks returned, plus the attempt number and the run input."""
+
+    run_id: uuid.UUID
+    step_slug: str
+    task_index: int
+    msg_id: int
+    input: Any
+    attempt: int
+    flow_input: Any
+
+
+@attrs.frozen
+class ReadResult:
+    tasks: list[ClaimedTask]
+    read: int  # tasks started from the messages read
+    next_visible_in: float | None  # seconds until the next invisible message becomes visible, if asked
+
+
+def _queue_table(queue: str) -> str:
+    return f'pgmq."q_{queue}"'  # queue = a validated flow slug ([a-zA-Z][a-zA-Z0-9_]*)
+
+
+def visible_channel(queue: str) -> str:
+    """The channel our trigger notifies when a message of `queue` becomes visible earlier than it was."""
+    return f"pgflow_trio.q_{queue}"
+
+
+async def _details(con: RawConnection, rows: list[Record]) -> list[ClaimedTask]:
+    """Attempt numbers and run inputs of tasks start_tasks just returned (a second statement, so it sees them)."""
+    if not rows:
+        return []
+    extra = await con.fetch(
+        """SELECT t.run_id, t.step_slug, t.task_index, t.attempts_count, r.input::text AS run_input
+           FROM unnest($1::uuid[], $2::text[], $3::int[]) AS k(run_id, step_slug, task_index)
+           JOIN pgflow.step_tasks t USING (run_id, step_slug, task_index)
+           JOIN pgflow.runs r ON r.run_id = t.run_id""",
+        [r["run_id"] for r in rows],
+        [r["step_slug"] for r in rows],
+        [r["task_index"] for r in rows],
+    )
+    info = {(e["run_id"], e["step_slug"], e["task_index"]): e for e in extra}
+    tasks = []
+    for r in rows:
+        e = info[(r["run_id"], r["step_slug"], r["task_index"])]
+        tasks.append(
+            ClaimedTask(
+                run_id=r["run_id"],
+                step_slug=r["step_slug"],
+                task_index=r["task_index"],
+                msg_id=r["msg_id"],
+                input=json.loads(r["input"]),
+                attempt=e["attempts_count"],
+                flow_input=json.loads(e["run_input"]),
+            )
+        )
+    return tasks
+
+
+async def read_and_claim(
+    con: RawConnection,
+    *,
+    queue: str,
+    worker_id: uuid.UUID,
+    qty: int,
+    visibility: int,
+    poll_seconds: float | None,
+    poll_interval_ms: int,
+    want_next_visible: bool,
+) -> ReadResult:
+    """Read up to `qty` messages and start their tasks, then fetch their attempt numbers.
+
+    Notify mode reads with `pgmq.read` inside the `pgflow.start_tasks(...)` call: one statement. Poll mode must
+    long-poll (`pgmq.read_with_poll`) in a statement of its own: start_tasks stamps `started_at = now()`, the start
+    of its transaction, which must not precede the task's `queued_at` (a check constraint)."""
+    claim = (
+        "SELECT run_id, step_slug, task_index, msg_id, input::text AS input "
+        "FROM pgflow.start_tasks($1, {ids}, $2::uuid)"
+    )
+    if poll_seconds is None:
+        rows = await con.fetch(
+            claim.format(ids="ARRAY(SELECT msg_id FROM pgmq.read($1, $3, $4))"), queue, worker_id, visibility, qty
+        )
+    else:
+        ids = await con.fetch(
+            "SELECT msg_id FROM pgmq.read_with_poll($1, $2, $3, $4, $5)",
+            queue,
+            visibility,
+            qty,
+            max(1, int(poll_seconds)),
+            poll_interval_ms,
+        )
+        rows = await con.fetch(claim.format(ids="$3::bigint[]"), queue, worker_id, [r[0] for r in ids]) if ids else []
+    tasks = await _details(con, rows)
+    next_visible = None
+    if want_next_visible and not rows:
+        next_visible = await con.fetchval(
+            f"SELECT extract(epoch FROM min(vt) - clock_timestamp())::float8 FROM {_queue_table(queue)} "
+            "WHERE vt > clock_timestamp()"
+        )
+    return ReadResult(tasks, len(rows), next_visible)
+
+
+async def complete(con: RawConnection, *, task: ClaimedTask, payload: str) -> None:
+    """pgflow.complete_task with the output as JSON text (null stays JSON null, falsy values keep their value)."""
+    await con.execute(
+        "SELECT pgflow.complete_task($1, $2, $3, $4::jsonb)", task.run_id, task.step_slug, task.task_index, payload
+    )
+
+
+async def complete_many(con: RawConnection, *, tasks: list[ClaimedTask], payloads: list[str]) -> None:
+    """pgflow.complete_task for several tasks in one statement (one transaction); each call sees the previous."""
+    await con.execute(
+        """SELECT count(*) FROM unnest($1::uuid[], $2::text[], $3::int[], $4::text[]) WITH ORDINALITY
+                AS t(run_id, step_slug, task_index, output, n),
+           LATERAL pgflow.complete_task(t.run_id, t.step_slug, t.task_index, t.output::jsonb) AS c""",
+        [t.run_id for t in tasks],
+        [t.step_slug for t in tasks],
+        [t.task_index for t in tasks],
+        payloads,
+    )
+
+
+async def fail(con: RawConnection, *, task: ClaimedTask, payload: str) -> None:
+    """pgflow.fail_task with the error message; pgflow decides between retry (with backoff) and failure."""
+    await con.execute("SELECT pgflow.fail_task($1, $2, $3, $4)", task.run_id, task.step_slug, task.task_index, payload)
+
+
+async def fail_permanently(con: RawConnection, *, task: ClaimedTask, payload: str) -> None:
+    """Fail the task without retrying it (its remaining attempts could not succeed); pgflow fails step and run."""
+    await con.execute(
+        "SELECT pgflow_trio.fail_task_permanently($1, $2, $3, $4)",
+        task.run_id,
+        task.step_slug,
+        task.task_index,
+        payload,
+    )
+
+
+async def release(con: RawConnection, *, worker_id: uuid.UUID, tasks: list[ClaimedTask]) -> int:
+    released: int = await con.fetchval(
+        "SELECT pgflow_trio.release_tasks($1, $2::uuid[], $3::text[], $4::int[])",
+        worker_id,
+        [t.run_id for t in tasks],
+        [t.step_slug for t in tasks],
+        [t.task_index for t in tasks],
+    )
+    return released
