@@ -197,3 +197,50 @@ async def test_a_large_input_from_a_file_or_stdin(dsn: str, tmp_path: Path) -> N
                 assert run.input == big
         code, _, err = await _cli("start", "echo", "--input", "-", "--dsn", dsn, stdin="{nope")
         assert code == 2 and "--input - (stdin) is not valid JSON" in err
+
+
+NOWHERE = "postgresql://u@127.0.0.1:1/x"  # nothing listens there: the errors below come before any connection
+
+
+async def test_input_without_stdin_without_a_file_name_or_with_nan_is_one_error_line(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "pgflow_trio", "start", "echo", "--input", "-", "--dsn", NOWHERE]
+    closed = await trio.to_thread.run_sync(
+        functools.partial(
+            subprocess.run,
+            ["sh", "-c", 'exec "$@" <&-', "sh", *command],  # stdin closed: Python's sys.stdin is None
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+            cwd=ROOT,
+        )
+    )
+    assert closed.returncode == 2 and "Traceback" not in closed.stderr, closed.stderr
+    assert closed.stderr.startswith("error: --input -: this process has no stdin"), closed.stderr
+    nan_file = tmp_path / "nan.json"
+    nan_file.write_text('{"a": [Infinity]}')
+    cases = [
+        (("--input", "@"), {}, "error: --input @: name the file after the @ (--input @input.json)"),
+        (("--input", "NaN"), {}, "error: --input is not valid JSON: NaN is not JSON"),
+        (("--input", '{"a": -Infinity}'), {}, "error: --input is not valid JSON: -Infinity is not JSON"),
+        (("--input", f"@{nan_file}"), {}, f"error: --input @{nan_file} is not valid JSON: Infinity is not JSON"),
+        (("--input", "-"), {"stdin": "[NaN]"}, "error: --input - (stdin) is not valid JSON: NaN is not JSON"),
+    ]
+    for args, extra, message in cases:
+        code, _, err = await _cli("start", "echo", *args, "--dsn", NOWHERE, **extra)
+        assert code == 2 and err.startswith(message) and err.count("\n") == 1, (args, err)
+
+
+async def test_a_spec_file_with_nan_is_refused_by_every_command_that_reads_one(tmp_path: Path) -> None:
+    spec = tmp_path / "nan.json"
+    spec.write_text(
+        json.dumps({"slug": "nan_flow", "steps": [{"slug": "a"}], "cron": "* * * * *"})[:-1] + ', "x": NaN}'
+    )
+    for args in (
+        ("flows", "upsert", str(spec), "--dsn", NOWHERE),
+        ("cron", "sync", str(spec), "--dsn", NOWHERE),
+        ("cron", "list", str(spec), "--dsn", NOWHERE),
+        ("compile", str(spec)),
+    ):
+        code, _, err = await _cli(*args)
+        assert code == 2 and f"{spec}: not valid JSON: NaN is not JSON" in err and err.count("\n") == 1, (args, err)

@@ -34,9 +34,8 @@ from ._flow import definition_of
 from ._records import JSON, RunFailed, RunTimeout
 from ._runs import checked_slug
 from ._schema import INSTALL_COMMAND, install_script
-from ._serde import structure
-from ._spec import load_spec_file
-from ._targets import load_object, load_target
+from ._serde import parse_json, structure
+from ._targets import load_object, load_spec, load_target
 from ._util import read_text, single_leaf, unreadable
 from ._worker import ServeTarget, WorkerGroup, WorkerOptions, serve
 
@@ -429,16 +428,31 @@ async def _worker(args: argparse.Namespace) -> int:
 def _read_input(value: str) -> JSON:
     """--input: JSON text, `@FILE` (read from the file) or `-` (read from stdin); no argument-length limit."""
     if value == "-":
-        what, text = "--input - (stdin)", sys.stdin.read()
+        what, text = "--input - (stdin)", _read_stdin()
     elif value.startswith("@"):
+        if value == "@":
+            raise ConfigurationError("--input @: name the file after the @ (--input @input.json)")
         what, text = f"--input {value}", read_text(Path(value[1:]), "--input:")
     else:
         what, text = "--input", value
     try:
-        data: JSON = json.loads(text)
-    except json.JSONDecodeError as exc:
+        data: JSON = parse_json(text)
+    except ValueError as exc:
         raise ConfigurationError(f"{what} is not valid JSON: {exc}") from None
     return data
+
+
+def _read_stdin() -> str:
+    """All of stdin for `--input -`; ConfigurationError when there is no stdin to read."""
+    fix = "pipe the JSON in, or pass it as --input JSON or --input @FILE"
+    if sys.stdin is None:
+        raise ConfigurationError(f"--input -: this process has no stdin (it is closed); {fix}")
+    try:
+        return sys.stdin.read()
+    except UnicodeDecodeError as exc:
+        raise ConfigurationError(f"--input - (stdin) is not UTF-8 text (invalid byte at offset {exc.start})") from None
+    except (OSError, ValueError) as exc:
+        raise ConfigurationError(f"--input -: stdin cannot be read ({exc}); {fix}") from None
 
 
 async def _start(args: argparse.Namespace) -> int:
@@ -503,7 +517,7 @@ async def _runs(args: argparse.Namespace) -> int:
 
 
 async def _flows(args: argparse.Namespace) -> int:
-    spec = load_spec_file(args.spec) if args.flows_command == "upsert" else None
+    spec = load_spec(args.spec) if args.flows_command == "upsert" else None
     async with open_engine(args.dsn, events=False, **_engine_options(args)) as engine:
         if args.flows_command == "list":
             for info in await engine.list_flows():

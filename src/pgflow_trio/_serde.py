@@ -336,3 +336,17 @@ def to_json(data: Any, *, what: str) -> str:
 
 def from_json(text: str | None) -> Any:
     return None if text is None else json.loads(text)
+
+
+class NotJSON(ValueError):
+    """Text that Python's json module would read but that is not JSON (NaN, Infinity, -Infinity)."""
+
+
+def _no_constant(name: str) -> Any:
+    raise NotJSON(f"{name} is not JSON (JSON and PostgreSQL have no NaN or infinities)")
+
+
+def parse_json(text: str) -> Any:
+    """Decode JSON text a user gave, refusing NaN, Infinity and -Infinity, which Python's json accepts but JSON
+    and PostgreSQL do not. Raises ValueError (json.JSONDecodeError or NotJSON) saying what is wrong."""
+    return json.loads(text, parse_constant=_no_constant)

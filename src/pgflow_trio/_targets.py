@@ -10,7 +10,8 @@ from pathlib import Path
 
 from ._definition import DefinitionError, FlowDef
 from ._flow import definition_of
-from ._spec import load_spec_file
+from ._serde import parse_json
+from ._spec import flow_from_spec
 from ._util import read_text
 
 
@@ -51,9 +52,20 @@ def load_object(target: str) -> object:
         raise DefinitionError(f"target {target!r}: {location} has no attribute {attr!r}") from None
 
 
+def load_spec(path: Path) -> FlowDef:
+    """The FlowDef a JSON spec file describes; DefinitionError when it is not JSON (NaN and infinities included),
+    ConfigurationError when the file cannot be read."""
+    text = read_text(path, "spec file")
+    try:
+        data = parse_json(text)
+    except ValueError as exc:
+        raise DefinitionError(f"{path}: not valid JSON: {exc}") from None
+    return flow_from_spec(data, origin=str(path))
+
+
 def load_target(target: str) -> tuple[FlowDef, object | None]:
     """(definition, flow/job class or None for a JSON spec)."""
     if target.endswith(".json"):
-        return load_spec_file(Path(target)), None
+        return load_spec(Path(target)), None
     obj = load_object(target)
     return definition_of(obj), obj
