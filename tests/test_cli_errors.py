@@ -49,6 +49,17 @@ async def _cli(*args: str, env: dict[str, str] | None = None, stdin: str | None 
         ("host=localhost port=abc password=s3cret", "port 'abc' is not a number"),
         ("mysql://me:s3cret@localhost/db", "expected postgresql://"),
         ("postgresql://me:s3cret@localhost/db?connect_timeout=soon", "connect_timeout 'soon' is not a number"),
+        (
+            "postgresql://me:s3cret@localhost/db?target_session_attrs=bogus",
+            "target_session_attrs must be one of any, primary, standby, prefer-standby, read-write, read-only, "
+            "got 'bogus'",
+        ),
+        ("host=localhost password=s3cret gsslib=krb", "gsslib must be one of gssapi, sspi, got 'krb'"),
+        ("postgresql://me:s3cret@localhost/db?sslnegotiation=maybe", "sslnegotiation must be one of postgres, direct"),
+        (
+            "postgresql://me:s3cret@localhost/db?ssl_max_protocol_version=TLSv9",
+            "ssl_max_protocol_version must be one of TLSv1, TLSv1.1, TLSv1.2, TLSv1.3, got 'TLSv9'",
+        ),
     ],
 )
 async def test_an_invalid_dsn_is_named_without_its_password(dsn: str, message: str) -> None:
@@ -58,6 +69,39 @@ async def test_an_invalid_dsn_is_named_without_its_password(dsn: str, message: s
         assert "s3cret" not in err
         if env:
             assert "PGFLOW_DSN" in err
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"PGPORT": "abc"}, "error: $PGPORT='abc': port 'abc' is not a number"),
+        ({"PGPORT": "5432,5433"}, "error: $PGPORT='5432,5433': the embedded PostgreSQL listens on one port"),
+        ({"PGPORT": "0"}, "error: $PGPORT='0': port 0 is out of range (1-65535)"),
+        ({"PGSSLMODE": "sure"}, "error: $PGSSLMODE='sure': sslmode must be one of disable, allow, prefer, require"),
+        ({"PGTARGETSESSIONATTRS": "bogus"}, "error: $PGTARGETSESSIONATTRS='bogus': target_session_attrs must be"),
+    ],
+)
+async def test_a_wrong_pg_variable_is_named_before_the_embedded_server_starts(
+    env: dict[str, str], message: str, tmp_path: Path
+) -> None:
+    code, _, err = await _cli("runs", "list", "--data-dir", str(tmp_path / "pg"), env={"PGFLOW_DSN": "", **env})
+    assert code == 2 and err.startswith(message) and err.count("\n") == 1, err
+    assert not (tmp_path / "pg").exists()  # nothing was started
+
+
+@pytest.mark.parametrize(
+    ("dsn", "env", "message"),
+    [
+        ("postgresql:///db", {"PGHOST": "dbhost:abc"}, "$PGHOST='dbhost:abc': port 'abc' is not a number"),
+        ("postgresql://u@localhost/db", {"PGPORT": "99999"}, "$PGPORT='99999': port 99999 is out of range"),
+        ("postgresql://u@localhost/db", {"PGGSSLIB": "krb"}, "$PGGSSLIB='krb': gsslib must be one of gssapi, sspi"),
+    ],
+)
+async def test_a_wrong_pg_variable_that_the_dsn_leaves_to_asyncpg_is_named(
+    dsn: str, env: dict[str, str], message: str
+) -> None:
+    code, _, err = await _cli("runs", "list", "--dsn", dsn, env=env)
+    assert code == 2 and message in err and err.count("\n") == 1, err
 
 
 async def _serve_tcp(handler: object, nursery: trio.Nursery) -> int:
