@@ -149,3 +149,28 @@ async def test_demo(empty_dsn: str) -> None:
     assert retried.startswith("  order   7: completed") and retried.endswith("(charge retried: 2 attempts)")
     progress = [line for line in lines if "progress:" in line]
     assert len(progress) == len(set(progress))  # a line only when something changed
+
+
+async def test_connect_timeout_applies_to_the_cron_database_too(dsn: str, tmp_path: object) -> None:
+    import pathlib
+
+    spec = pathlib.Path(str(tmp_path)) / "f.json"
+    spec.write_text(json.dumps({"slug": "timed", "steps": [{"slug": "a"}], "cron": "0 * * * *"}))
+
+    async def silent(stream: trio.SocketStream) -> None:
+        await trio.sleep_forever()
+
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(functools.partial(trio.serve_tcp, silent, 0, host="127.0.0.1"))
+            port = listeners[0].socket.getsockname()[1]
+            cron_dsn = f"postgresql://u@127.0.0.1:{port}/db"
+            for args in (("cron", "sync", str(spec)), ("cron", "remove", "timed"), ("worker", "tests/flows.py:Echo")):
+                code, _, err = await _cli(*args, "--dsn", dsn, "--cron-dsn", cron_dsn, "--connect-timeout", "0.5")
+                assert (
+                    code == 2 and f"127.0.0.1:{port} accepted the connection but did not answer within 0.5s" in err
+                ), (
+                    args,
+                    err,
+                )
+            nursery.cancel_scope.cancel()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import functools
 import json
@@ -14,7 +15,7 @@ import sys
 import types
 import typing
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ import trio
 from ._admin import check_schema, install_schema
 from ._compile import compile_flow
 from ._cron import list_schedules, remove_schedule, sync_schedules
-from ._db import open_database
+from ._db import Database, open_database
 from ._definition import FlowDef
 from ._demo import run_demo
 from ._dsn import resolve_dsn, with_connect_timeout
@@ -389,22 +390,40 @@ def _engine_options(args: argparse.Namespace) -> dict[str, Any]:
     return {"data_dir": args.data_dir, **settings_from(args, EngineOptions, [CONNECT_TIMEOUT])}
 
 
+def _connect_timeout(args: argparse.Namespace) -> float | None:
+    """--connect-timeout, else $PGFLOW_CONNECT_TIMEOUT; None leaves it to each DSN's own connect_timeout."""
+    value: float | None = settings_from(args, EngineOptions, [CONNECT_TIMEOUT]).get("connect_timeout")
+    return value
+
+
+@contextlib.asynccontextmanager
+async def _cron_database(args: argparse.Namespace) -> AsyncIterator[Database | None]:
+    """The database --cron-dsn names (opened with the command's connect timeout), or None without one."""
+    if not args.cron_dsn:
+        yield None
+        return
+    async with open_database(args.cron_dsn, max_size=2, connect_timeout=_connect_timeout(args)) as cron_db:
+        yield cron_db
+
+
 async def _worker(args: argparse.Namespace) -> int:
     options = WorkerOptions(
         **settings_from(args, WorkerOptions, WORKER_SETTINGS),
         scheduler=not args.no_scheduler,
     )
-    connect_timeout = settings_from(args, EngineOptions, [CONNECT_TIMEOUT]).get("connect_timeout")
+    connect_timeout = _connect_timeout(args)
     # serve() checks each target at run time and names what is wrong with it.
     targets = [typing.cast(ServeTarget, load_object(target)) for target in args.targets]
     dsn = await resolve_dsn(args.dsn, data_dir=args.data_dir)
+    cron_dsn = args.cron_dsn
     if connect_timeout is not None:
         dsn = with_connect_timeout(dsn, connect_timeout)
+        cron_dsn = cron_dsn and with_connect_timeout(cron_dsn, connect_timeout)
     listening = trio.CancelScope()
 
     async def serve_then_stop_listening(*, task_status: trio.TaskStatus[WorkerGroup]) -> None:
         try:
-            await serve(*targets, dsn=dsn, options=options, cron_dsn=args.cron_dsn, task_status=task_status)
+            await serve(*targets, dsn=dsn, options=options, cron_dsn=cron_dsn, task_status=task_status)
         finally:
             listening.cancel()
 
@@ -565,11 +584,8 @@ async def _cron(args: argparse.Namespace) -> int:
                 if item.orphan:
                     print(f"    orphan: {item.orphan}; it fires nothing (cron remove {item.name} deletes it)")
             return 0
-        if args.cron_dsn:
-            async with open_database(args.cron_dsn, max_size=2) as cron_db:
-                report = await sync_schedules(engine.db, flows, backend=args.backend, cron_db=cron_db, prune=args.prune)
-        else:
-            report = await sync_schedules(engine.db, flows, backend=args.backend, prune=args.prune)
+        async with _cron_database(args) as cron_db:
+            report = await sync_schedules(engine.db, flows, backend=args.backend, cron_db=cron_db, prune=args.prune)
     print(f"backend: {report.backend}")
     for what in ("created", "updated", "removed", "unchanged"):
         for name in getattr(report, what):
@@ -581,12 +597,8 @@ async def _cron(args: argparse.Namespace) -> int:
 
 
 async def _cron_remove(args: argparse.Namespace) -> int:
-    async with open_engine(args.dsn, events=False, **_engine_options(args)) as engine:
-        if args.cron_dsn:
-            async with open_database(args.cron_dsn, max_size=2) as cron_db:
-                job = await remove_schedule(engine.db, args.name, cron_db=cron_db)
-        else:
-            job = await remove_schedule(engine.db, args.name)
+    async with open_engine(args.dsn, events=False, **_engine_options(args)) as engine, _cron_database(args) as cron_db:
+        job = await remove_schedule(engine.db, args.name, cron_db=cron_db)
     print(f"removed schedule {args.name}" + (" and its pg_cron job" if job else ""))
     return 0
 

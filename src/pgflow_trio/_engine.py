@@ -495,10 +495,19 @@ class Engine(_Starter):
         self,
         *targets: ServeTarget,
         options: WorkerOptions | None = None,
+        cron_dsn: str | None = None,
         task_status: trio.TaskStatus[WorkerGroup] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Run workers for `targets` on this engine's database until stopped or cancelled (`nursery.start`)."""
-        await run_workers(self.db, targets, options or WorkerOptions(), task_status=task_status)
+        """Run workers for `targets` on this engine's database until stopped or cancelled (`nursery.start`).
+
+        `cron_dsn`: the database where pg_cron is installed when it is another one (its `cron.database_name`),
+        opened with the engine's `connect_timeout` (when set; else that DSN's own, $PGFLOW_CONNECT_TIMEOUT or 10 s)."""
+        opts = options or WorkerOptions()
+        if cron_dsn is None:
+            await run_workers(self.db, targets, opts, task_status=task_status)
+            return
+        async with open_database(cron_dsn, max_size=2, connect_timeout=self.options.connect_timeout) as cron_db:
+            await run_workers(self.db, targets, opts, cron_db=cron_db, task_status=task_status)
 
 
 @asynccontextmanager
