@@ -174,3 +174,19 @@ async def test_connect_timeout_applies_to_the_cron_database_too(dsn: str, tmp_pa
                     err,
                 )
             nursery.cancel_scope.cancel()
+
+
+async def test_cron_list_says_what_makes_an_orphan_fire_before_how_to_delete_it(dsn: str, tmp_path: object) -> None:
+    import pathlib
+
+    spec = pathlib.Path(str(tmp_path)) / "f.json"
+    spec.write_text(json.dumps({"slug": "daily", "steps": [{"slug": "a"}], "cron": "0 6 * * *"}))
+    with trio.fail_after(60):
+        code, _, err = await _cli("cron", "sync", str(spec), "--dsn", dsn)
+        assert code == 0, err
+        code, out, err = await _cli("cron", "list", "--dsn", dsn)
+    assert code == 0, err
+    assert (
+        "    orphan: flow 'daily' is not in the database; it fires nothing until a worker serves flow 'daily' "
+        "(or `cron remove daily` deletes it)"
+    ) in out.splitlines(), out

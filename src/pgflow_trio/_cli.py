@@ -582,7 +582,10 @@ async def _cron(args: argparse.Namespace) -> int:
                 for line in item.drift:
                     print(f"    drift: {line}")
                 if item.orphan:
-                    print(f"    orphan: {item.orphan}; it fires nothing (cron remove {item.name} deletes it)")
+                    print(
+                        f"    orphan: {item.orphan}; it fires nothing until a worker serves flow {item.flow_slug!r} "
+                        f"(or `cron remove {item.name}` deletes it)"
+                    )
             return 0
         async with _cron_database(args) as cron_db:
             report = await sync_schedules(engine.db, flows, backend=args.backend, cron_db=cron_db, prune=args.prune)
