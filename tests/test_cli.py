@@ -190,3 +190,36 @@ async def test_cron_list_says_what_makes_an_orphan_fire_before_how_to_delete_it(
         "    orphan: flow 'daily' is not in the database; it fires nothing until a worker serves flow 'daily' "
         "(or `cron remove daily` deletes it)"
     ) in out.splitlines(), out
+
+
+async def test_cron_sync_backend_is_the_workers_setting(dsn: str, tmp_path: object) -> None:
+    import pathlib
+    import typing
+
+    from pgflow_trio._cli import build_parser
+    from pgflow_trio._worker import CronBackend
+
+    parser = build_parser()
+    for flag in ("--cron-backend", "--backend"):
+        assert parser.parse_args(["cron", "sync", "f.json", flag, "builtin"]).cron_backend == "builtin"
+    sync = parser._subparsers._group_actions[0].choices["cron"]._subparsers._group_actions[0].choices["sync"]  # type: ignore[union-attr]
+    (action,) = [a for a in sync._actions if a.dest == "cron_backend"]
+    assert tuple(action.choices) == typing.get_args(CronBackend)
+
+    spec = pathlib.Path(str(tmp_path)) / "f.json"
+    spec.write_text(json.dumps({"slug": "envcron", "steps": [{"slug": "a"}], "cron": "0 * * * *"}))
+    with trio.fail_after(60):
+        code, _, err = await _cli_env("cron", "sync", str(spec), "--dsn", dsn, PGFLOW_CRON_BACKEND="sometimes")
+        assert code == 2 and "$PGFLOW_CRON_BACKEND='sometimes': expected one of auto, builtin, pg_cron" in err, err
+        code, _, err = await _cli_env("cron", "sync", str(spec), "--dsn", dsn, PGFLOW_CRON_BACKEND="pg_cron")
+        assert code == 0, err
+        assert "pg_cron" in err  # asked for pg_cron, which this database lacks: a warning says so
+        code, _, err = await _cli_env(
+            "cron", "sync", str(spec), "--dsn", dsn, "--backend", "builtin", PGFLOW_CRON_BACKEND="pg_cron"
+        )
+        assert code == 0 and err == "", err  # the flag wins over the environment
+
+
+async def _cli_env(*args: str, **env: str) -> tuple[int, str, str]:
+    result = await trio.to_thread.run_sync(functools.partial(cli, *args, env=env))
+    return result.returncode, result.stdout, result.stderr

@@ -38,7 +38,7 @@ from ._schema import INSTALL_COMMAND, install_script
 from ._serde import parse_json, structure
 from ._targets import load_object, load_spec, load_target
 from ._util import read_text, single_leaf, unreadable
-from ._worker import ServeTarget, WorkerGroup, WorkerOptions, serve
+from ._worker import CronBackend, ServeTarget, WorkerGroup, WorkerOptions, serve
 
 log = logging.getLogger("pgflow_trio")
 
@@ -54,9 +54,19 @@ class Setting:
     field: str
     env: str
     help: str
+    aliases: tuple[str, ...] = ()
+    """Older spellings of the flag, still accepted."""
 
     def dest(self) -> str:
         return self.flag.lstrip("-").replace("-", "_")
+
+
+CRON_BACKEND = Setting(
+    "--cron-backend",
+    "cron_backend",
+    "PGFLOW_CRON_BACKEND",
+    "where each cron schedule runs: auto = pg_cron when installed and able to express it, else built-in",
+)
 
 
 WORKER_SETTINGS = (
@@ -74,12 +84,7 @@ WORKER_SETTINGS = (
         "a worker silent this long is presumed dead and its tasks recovered",
     ),
     Setting("--recovery-interval", "recovery_interval", "PGFLOW_RECOVERY_INTERVAL", "seconds between recovery sweeps"),
-    Setting(
-        "--cron-backend",
-        "cron_backend",
-        "PGFLOW_CRON_BACKEND",
-        "where each cron schedule runs: auto = pg_cron when installed and able to express it, else built-in",
-    ),
+    CRON_BACKEND,
 )
 CONNECT_TIMEOUT = Setting(
     "--connect-timeout", "connect_timeout", "PGFLOW_CONNECT_TIMEOUT", "seconds a connection may take to open"
@@ -134,6 +139,7 @@ def add_settings(parser: argparse.ArgumentParser, options: type[Any], settings: 
             extra["metavar"] = "N" if hint is int else "SECONDS" if hint is float else "VALUE"
         parser.add_argument(
             setting.flag,
+            *setting.aliases,
             dest=setting.dest(),
             type=functools.partial(_flag_value, hint),
             default=None,
@@ -335,12 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     cron_commands = cron.add_subparsers(dest="cron_command", required=True)
     cron_sync = cron_commands.add_parser("sync", help="make the database's schedules match the code's")
     cron_sync.add_argument("targets", nargs="+", metavar="TARGET", help="package.module:Attr, file.py:Attr, spec.json")
-    cron_sync.add_argument(
-        "--backend",
-        choices=["auto", "builtin", "pg_cron"],
-        default="auto",
-        help="auto: pg_cron when installed, else the built-in scheduler",
-    )
+    add_settings(cron_sync, WorkerOptions, [attrs.evolve(CRON_BACKEND, aliases=("--backend",))])
     cron_sync.add_argument("--cron-dsn", help="the database where pg_cron is installed (default: --dsn)")
     cron_sync.add_argument("--prune", action="store_true", help="also remove schedules of flows not given")
     _add_database_options(cron_sync)
@@ -567,6 +568,7 @@ async def _cron(args: argparse.Namespace) -> int:
     if args.cron_command == "remove":
         return await _cron_remove(args)
     flows = [load_target(target)[0] for target in args.targets]
+    chosen = _cron_backend(args) if args.cron_command == "sync" else "auto"
     async with open_engine(args.dsn, events=False, **_engine_options(args)) as engine:
         if args.cron_command == "list":
             for item in await list_schedules(engine.db, flows):
@@ -588,7 +590,7 @@ async def _cron(args: argparse.Namespace) -> int:
                     )
             return 0
         async with _cron_database(args) as cron_db:
-            report = await sync_schedules(engine.db, flows, backend=args.backend, cron_db=cron_db, prune=args.prune)
+            report = await sync_schedules(engine.db, flows, backend=chosen, cron_db=cron_db, prune=args.prune)
     print(f"backend: {report.backend}")
     for what in ("created", "updated", "removed", "unchanged"):
         for name in getattr(report, what):
@@ -597,6 +599,14 @@ async def _cron(args: argparse.Namespace) -> int:
     for warning in report.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     return 0
+
+
+def _cron_backend(args: argparse.Namespace) -> CronBackend:
+    """The worker's setting: --cron-backend (or --backend), else $PGFLOW_CRON_BACKEND, else WorkerOptions' default."""
+    chosen: CronBackend = settings_from(args, WorkerOptions, [CRON_BACKEND]).get("cron_backend") or (
+        WorkerOptions().cron_backend
+    )
+    return chosen
 
 
 async def _cron_remove(args: argparse.Namespace) -> int:
