@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -207,21 +208,80 @@ async def test_environment_values_are_read_when_used_and_named_when_wrong() -> N
     assert code == 2 and "$PGFLOW_CONNECT_TIMEOUT='abc': expected a number" in err, err
 
 
+# Options fields with no command-line setting, on purpose: library-level tuning, or set by a dedicated flag.
+NOT_SETTINGS = {
+    "WorkerOptions": {
+        "poll_min": "tuning of the poll back-off (library)",
+        "poll_max": "tuning of the poll back-off (library)",
+        "poll_seconds": "tuning of read_with_poll (library)",
+        "fallback_poll": "safety-net poll interval (library)",
+        "read_visibility": "visibility of a read, extended while a task runs (library)",
+        "extend_margin": "when to extend a running task's visibility (library)",
+        "timeout_grace": "recovery margin past a task's timeout (library)",
+        "scheduler_grace": "how old a missed tick may be and still fire (library)",
+        "register_flow": "the worker command always registers its flows",
+        "sync_schedules": "the worker command always syncs its schedules (cron sync does it by hand)",
+        "scheduler": "--no-scheduler",
+    },
+    "EngineOptions": {
+        "pool_size": "each command opens a small pool of its own",
+        "events": "each command decides whether it listens",
+        "recheck_interval": "start --wait uses the default (library)",
+        "poll_interval": "start --wait uses the default (library)",
+        "check_schema": "each command decides (health checks the schema itself)",
+        "data_dir": "--data-dir, or $PGFLOW_DATA_DIR",
+    },
+}
+
+
+def _settings_in_help() -> list[tuple[str, str, str]]:
+    """(command, env variable, default shown) for every flag whose help names an environment variable."""
+    import argparse
+    import re
+
+    from pgflow_trio._cli import build_parser
+
+    found = []
+
+    def walk(parser: argparse.ArgumentParser, command: str) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    walk(sub, f"{command} {name}".strip())
+            elif action.help and (match := re.search(r"\(\$(\w+), default ([^)]+)\)", action.help)):
+                found.append((command, match.group(1), match.group(2)))
+
+    walk(build_parser(), "")
+    return found
+
+
 def test_cli_defaults_come_from_the_options_classes() -> None:
     import attrs
 
-    from pgflow_trio import WorkerOptions
-    from pgflow_trio._cli import WORKER_SETTINGS, build_parser
+    from pgflow_trio import EngineOptions, WorkerOptions
+    from pgflow_trio._cli import CONNECT_TIMEOUT, CRON_BACKEND, STALE_AFTER, WORKER_SETTINGS, _convert, _value_type
 
-    fields = attrs.fields_dict(WorkerOptions)
-    worker_help = next(
-        action
-        for action in build_parser()._subparsers._group_actions[0].choices["worker"]._actions  # type: ignore[union-attr]
-        if action.dest == "concurrency"
-    )
-    assert worker_help.default is None  # the options class supplies it when the command runs
-    for setting in WORKER_SETTINGS:
-        assert setting.field in fields
+    worker_settings = {s.env: (WorkerOptions, s) for s in (*WORKER_SETTINGS, CRON_BACKEND)}
+    engine_settings = {s.env: (EngineOptions, s) for s in (CONNECT_TIMEOUT, STALE_AFTER)}
+
+    def owner(command: str, env: str) -> tuple[type, Any]:
+        # Worker and health both have --stale-after ($PGFLOW_STALE_AFTER): the workers' and the engine's.
+        return engine_settings[env] if env == CONNECT_TIMEOUT.env or command == "health" else worker_settings[env]
+
+    shown = _settings_in_help()
+    used = {(options, setting) for options, setting in (owner(command, env) for command, env, _ in shown)}
+    assert used == set(worker_settings.values()) | set(engine_settings.values())  # every setting is a flag
+    for command, env, text in shown:
+        options, setting = owner(command, env)
+        default = attrs.fields_dict(options)[setting.field].default
+        value = None if text == "none" else _convert(text, _value_type(options, setting.field))
+        assert value == default, (command, setting.flag, text, default)
+    assert ("cron sync", "PGFLOW_CRON_BACKEND", "auto") in shown and ("worker", "PGFLOW_CRON_BACKEND", "auto") in shown
+
+    for options in (WorkerOptions, EngineOptions):
+        with_setting = {setting.field for o, setting in used if o is options}
+        without = {f.name for f in attrs.fields(options)} - with_setting
+        assert without == set(NOT_SETTINGS[options.__name__]), options
 
 
 async def test_a_large_input_from_a_file_or_stdin(dsn: str, tmp_path: Path) -> None:
