@@ -284,6 +284,20 @@ def test_cli_defaults_come_from_the_options_classes() -> None:
         assert without == set(NOT_SETTINGS[options.__name__]), options
 
 
+def test_health_max_age_default_is_health_checks() -> None:
+    import inspect
+
+    from pgflow_trio import Engine
+    from pgflow_trio._cli import build_parser
+
+    default = inspect.signature(Engine.health_check).parameters["max_age"].default
+    parser = build_parser()
+    assert parser.parse_args(["health"]).max_age == default
+    health = parser._subparsers._group_actions[0].choices["health"]  # type: ignore[union-attr]
+    (max_age,) = [action for action in health._actions if "--max-age" in action.option_strings]
+    assert f"(default {default:g})" in (max_age.help or "")
+
+
 async def test_a_large_input_from_a_file_or_stdin(dsn: str, tmp_path: Path) -> None:
     big = {"blob": "x" * 250_000, "n": 1}
     path = tmp_path / "input.json"

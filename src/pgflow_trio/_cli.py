@@ -29,7 +29,7 @@ from ._db import Database, open_database
 from ._definition import FlowDef
 from ._demo import run_demo
 from ._dsn import resolve_dsn, with_connect_timeout
-from ._engine import EngineOptions, open_engine
+from ._engine import DEFAULT_MAX_AGE, EngineOptions, open_engine
 from ._errors import ConfigurationError, PgflowError
 from ._flow import definition_of
 from ._records import JSON, RunFailed, RunTimeout
@@ -326,9 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_argument(
         "--max-age",
         type=_non_negative_number,
-        default=300.0,
+        default=DEFAULT_MAX_AGE,
         metavar="SECONDS",
-        help="unhealthy when a visible message has waited longer than this for a worker (default 300)",
+        help=f"unhealthy when a visible message has waited longer than this for a worker (default {DEFAULT_MAX_AGE:g})",
     )
     health.add_argument("--no-max-age", action="store_true", help="no limit on how long work may wait")
     health.add_argument(

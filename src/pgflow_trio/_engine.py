@@ -33,6 +33,8 @@ from ._worker import ServeTarget, WorkerGroup, WorkerOptions, run_workers
 In = TypeVar("In")
 Out = TypeVar("Out")
 _FINAL = frozenset({"run:completed", "run:failed"})
+DEFAULT_MAX_AGE = 300.0
+"""health_check's default `max_age`: seconds visible work may wait for a worker before the check fails."""
 
 FlowRef: TypeAlias = "str | type[Definition[Any, Any]] | Definition[Any, Any] | FlowDef"
 """How the engine's inspection and management calls name a flow: its slug, its class or instance, or a FlowDef."""
@@ -479,7 +481,7 @@ class Engine(_Starter):
         definition = flow_from_spec(flow, origin="upsert_flow") if isinstance(flow, Mapping) else definition_of(flow)
         return await upsert_flow(self.db, definition, force=force, stale_after=self.options.stale_after)
 
-    async def health_check(self, *, max_age: float | None = 300.0, require_workers: bool = True) -> Health:
+    async def health_check(self, *, max_age: float | None = DEFAULT_MAX_AGE, require_workers: bool = True) -> Health:
         """Database reachable, schema versions, and per flow queue: live/stale workers, depth, and how long the
         oldest visible message has waited. Unhealthy (`ok` False, the reason in `problems`) when a queue holds
         visible work and no live worker serves it (unless `require_workers=False`), or when work has waited longer
