@@ -362,3 +362,20 @@ async def test_a_spec_file_with_nan_is_refused_by_every_command_that_reads_one(t
     ):
         code, _, err = await _cli(*args)
         assert code == 2 and f"{spec}: not valid JSON: NaN is not JSON" in err and err.count("\n") == 1, (args, err)
+
+
+def test_a_dsns_own_connect_timeout_wins_over_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pgflow_trio import ConfigurationError
+    from pgflow_trio._cli import _connect_timeout, build_parser
+    from pgflow_trio._dsn import connect_timeout_from, parse_dsn
+
+    monkeypatch.setenv("PGFLOW_CONNECT_TIMEOUT", "7")
+    args = build_parser().parse_args(["runs", "list"])
+    assert _connect_timeout(args) is None  # left to each DSN, then the variable, where the connection opens
+    assert connect_timeout_from(None, parse_dsn("postgresql://h/db?connect_timeout=2")) == 2
+    assert connect_timeout_from(None, parse_dsn("postgresql://h/db")) == 7
+    flagged = build_parser().parse_args(["runs", "list", "--connect-timeout", "3"])
+    assert _connect_timeout(flagged) == 3
+    monkeypatch.setenv("PGFLOW_CONNECT_TIMEOUT", "soon")
+    with pytest.raises(ConfigurationError, match="PGFLOW_CONNECT_TIMEOUT"):
+        _connect_timeout(args)

@@ -388,12 +388,15 @@ async def _db_check(args: argparse.Namespace) -> int:
 
 def _engine_options(args: argparse.Namespace) -> dict[str, Any]:
     """open_engine keywords from the database options every command has."""
-    return {"data_dir": args.data_dir, **settings_from(args, EngineOptions, [CONNECT_TIMEOUT])}
+    timeout = _connect_timeout(args)
+    return {"data_dir": args.data_dir, **({} if timeout is None else {"connect_timeout": timeout})}
 
 
 def _connect_timeout(args: argparse.Namespace) -> float | None:
-    """--connect-timeout, else $PGFLOW_CONNECT_TIMEOUT; None leaves it to each DSN's own connect_timeout."""
-    value: float | None = settings_from(args, EngineOptions, [CONNECT_TIMEOUT]).get("connect_timeout")
+    """--connect-timeout; None leaves it to each DSN's own connect_timeout, then $PGFLOW_CONNECT_TIMEOUT (read where
+    the connection is opened, so a DSN's own value wins over the variable). The variable is checked here already."""
+    settings_from(args, EngineOptions, [CONNECT_TIMEOUT])
+    value: float | None = getattr(args, CONNECT_TIMEOUT.dest(), None)
     return value
 
 
@@ -657,9 +660,7 @@ async def _run(args: argparse.Namespace) -> int:
     if args.command == "cron":
         return await _cron(args)
     if args.command == "demo":
-        completed = await run_demo(
-            args.runs, args.dsn, args.data_dir, **settings_from(args, EngineOptions, [CONNECT_TIMEOUT])
-        )
+        completed = await run_demo(args.runs, args.dsn, args.data_dir, connect_timeout=_connect_timeout(args))
         return 0 if completed == args.runs else 1
     if args.command == "compile":
         flow, _ = load_target(args.target)
