@@ -18,8 +18,9 @@ import attrs
 import pytest
 import trio
 
-from pgflow_trio import compile_flow, flow_from_spec
+from pgflow_trio import Context, SerializationError, compile_flow, definition_of, flow_from_spec
 from pgflow_trio._db import Database, open_database
+from pgflow_trio._execute import TaskInputError, call_handler
 from pgflow_trio._worker import FlowMismatch, WorkerGroup, WorkerOptions, serve
 
 from . import flows
@@ -374,12 +375,33 @@ async def test_a_task_input_the_handler_cannot_accept_fails_at_once_without_retr
             step = await db.fetchval("SELECT status FROM pgflow.step_states WHERE run_id = $1", run_id)
             pending = await db.fetchval("SELECT count(*) FROM pgmq.q_flaky")
     assert task is not None and (task["status"], task["attempts_count"], step, pending) == ("failed", 1, "failed", 0)
-    assert task["error_message"].startswith("SerializationError: flaky.attempt: input: ")
+    assert task["error_message"].startswith("TaskInputError: flaky.attempt: input: ")
     assert "@ $.order_id" in task["error_message"]
     assert flows.calls[("flaky", 1)] == 0
     errors = [r.getMessage() for r in caplog.records if r.name == "pgflow_trio.worker" and r.levelno >= logging.ERROR]
     assert len(errors) == 1 and "\n" not in errors[0], errors
     assert "failed without retry" in errors[0] and "@ $.order_id" in errors[0]
+
+
+async def test_call_handler_tells_a_task_input_that_does_not_fit_from_an_output_that_does_not() -> None:
+    """The worker and run_inline share call_handler; only a bad input (TaskInputError) is failed without retry."""
+    ctx = Context(
+        run_id=uuid.uuid4(),
+        flow_slug="x",
+        step_slug="x",
+        task_index=0,
+        attempt=1,
+        flow_input=None,
+        worker_id=uuid.uuid4(),
+        msg_id=1,
+    )
+    flaky = definition_of(flows.Flaky)
+    with pytest.raises(TaskInputError, match=r"flaky\.attempt: input: .*@ \$\.order_id"):
+        await call_handler(flaky, flaky.step("attempt"), flows.Flaky(), {"run": {"order_id": "seven"}}, ctx)
+    lying = definition_of(flows.BadOutput)
+    with pytest.raises(SerializationError, match="declared int, got str") as info:
+        await call_handler(lying, lying.step("lie"), flows.BadOutput(), {"run": 1}, attrs.evolve(ctx, flow_input=1))
+    assert not isinstance(info.value, TaskInputError)
 
 
 def test_serve_targets_are_typed(tmp_path: Path) -> None:

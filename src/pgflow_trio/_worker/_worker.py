@@ -23,12 +23,12 @@ from .._context import Context
 from .._db import Database, MissedNotifications, open_listener
 from .._definition import DefinitionError, FlowDef
 from .._errors import ConnectionLost, DatabaseError, PgflowError
-from .._execute import build_arguments, encode_output, instantiate
+from .._execute import TaskInputError, call_handler, instantiate
 from .._flow import Definition, definition_of
-from .._serde import SerializationError, to_json, unstructure
+from .._serde import to_json, unstructure
 from ._completer import Completer
 from ._options import WorkerOptions
-from ._queries import ClaimedTask, fail, fail_permanently, read_and_claim, release, visible_channel
+from ._queries import ClaimedTask, fail, fail_permanently, read_and_claim, release, wake_channel
 from ._registry import ensure_flow
 
 log = logging.getLogger("pgflow_trio.worker")
@@ -40,14 +40,6 @@ _ERROR_LIMIT = 2000
 
 _Report = Literal["complete", "fail", "fail_permanently"]
 _SQL_NAMES = {"complete": "complete_task", "fail": "fail_task", "fail_permanently": "fail_task_permanently"}
-
-
-class _BadInput(Exception):
-    """The task input cannot be structured into the handler's parameters: no retry can change that."""
-
-    def __init__(self, error: SerializationError) -> None:
-        super().__init__(str(error))
-        self.error = error
 
 
 @attrs.frozen
@@ -196,26 +188,19 @@ class Worker:
             log.warning("could not mark worker %s stopped: %s", self.worker_id, exc)
 
     async def _enable_notify(self) -> bool:
-        """Make the queue notify whenever a message may have become readable: pgmq's insert notifications
-        (unthrottled) and our trigger for messages made visible earlier without an insert (retries, tasks handed
-        back or recovered, failures reported by any process). Once per queue; concurrent workers serialize on a
-        lock."""
+        """Make the queue notify whenever a message may have become readable: our triggers notify on inserts and
+        when a message becomes visible earlier without an insert (retries, tasks handed back or recovered,
+        failures reported by any process). Once per queue; concurrent workers serialize on a lock. (pgmq's own
+        insert notifications are not used: they stay silent for a queue name with capitals.)"""
         try:
             async with self.db.transaction() as tx:
                 await tx.execute(
                     "SELECT pg_advisory_xact_lock(hashtextextended('pgflow_trio:notify:' || $1, 0))", self.flow.slug
                 )
-                enabled = await tx.fetchval(
-                    "SELECT EXISTS (SELECT 1 FROM pgmq.notify_insert_throttle "
-                    "WHERE queue_name = $1 AND throttle_interval_ms = 0)",
-                    self.flow.slug,
-                )
-                if not enabled:
-                    await tx.execute("SELECT pgmq.enable_notify_insert($1, 0)", self.flow.slug)
                 await tx.execute("SELECT pgflow_trio.enable_notify_visible($1)", self.flow.slug)
             return True
         except DatabaseError as exc:
-            log.warning("pgmq insert notifications unavailable (%s); polling instead", exc)
+            log.warning("queue notifications unavailable (%s); polling instead", exc)
             return False
 
     # ---- reading -------------------------------------------------------------------------------------------
@@ -275,7 +260,7 @@ class Worker:
                         await self._wake.wait()
 
     async def _notify_loop(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        channels = [f"pgmq.q_{self.flow.slug}.INSERT", visible_channel(self.flow.slug)]
+        channels = [wake_channel(self.flow.slug)]
         async with open_listener(self.db, channels) as listener:
             task_status.started()
             async for event in listener:
@@ -324,17 +309,17 @@ class Worker:
             try:
                 with trio.move_on_after(timeout) as deadline:
                     output = await self._invoke(step.slug, task, ctx)
-            except _BadInput as bad:
+            except TaskInputError as bad:
                 log.error(
                     "task %s/%s[%d] of run %s failed without retry, its input does not fit the handler: %s",
                     self.flow.slug,
                     task.step_slug,
                     task.task_index,
                     task.run_id,
-                    " ".join(str(bad.error).split()),
+                    " ".join(str(bad).split()),
                 )
                 self.stats.failed += 1
-                await self._report("fail_permanently", task, _error_text(bad.error))
+                await self._report("fail_permanently", task, _error_text(bad))
                 return
             except Exception as exc:
                 log.error(
@@ -383,14 +368,7 @@ class Worker:
         if self.served.handlers is not None:
             result = await self.served.handlers[slug](task.input, ctx)
             return unstructure(result, what=f"output of step {self.flow.slug}.{slug}")
-        step = self.flow.step(slug)
-        assert step.handler is not None
-        try:
-            kwargs = build_arguments(self.flow, step, task.input, ctx)
-        except SerializationError as exc:
-            raise _BadInput(exc) from exc
-        result = await step.handler(self.served.instance, **kwargs)
-        return encode_output(self.flow, step, result)
+        return await call_handler(self.flow, self.flow.step(slug), self.served.instance, task.input, ctx)
 
     async def _report(self, kind: _Report, task: ClaimedTask, payload: str) -> None:
         """complete_task (batched) or fail_task, retried while the connection is down; a complete_task the

@@ -1,11 +1,14 @@
 -- pgflow_trio schema 4: wake workers when a message becomes visible earlier, fail tasks that can never succeed,
 -- and fire schedules only for flows some live worker serves.
 
--- A message becomes visible earlier than it was without an insert when pgflow retries a task (fail_task sets the
--- message's visibility to the backoff), when a task is handed back (release_tasks) or recovered, or when another
--- process fails a task: pgmq's insert notifications stay silent then. This trigger function notifies channel
--- 'pgflow_trio.q_<queue>' (at most 61 bytes: pgmq queue names have at most 47) with an empty payload; PostgreSQL
--- folds identical notifications of one transaction into one.
+-- A worker in notify mode wakes whenever a message it could read may have become visible: when messages are
+-- inserted, and when a message becomes visible earlier than it was without an insert: when pgflow retries a task
+-- (fail_task sets the message's visibility to the backoff), when a task is handed back (release_tasks) or
+-- recovered, or when another process fails a task. This trigger function notifies channel
+-- 'pgflow_trio.<queue table>' (at most 61 bytes: pgmq queue names have at most 47) with an empty payload;
+-- PostgreSQL folds identical notifications of one transaction into one. pgmq names a queue's table 'q_' and the
+-- queue name in lower case, so queue "MyFlow" notifies 'pgflow_trio.q_myflow'. (pgmq's own insert notifications
+-- stay silent for a queue name with capitals: their trigger looks the queue up by its table name.)
 CREATE OR REPLACE FUNCTION pgflow_trio.notify_visible()
 RETURNS trigger
 LANGUAGE plpgsql
@@ -17,30 +20,40 @@ BEGIN
 END
 $body$;
 
--- Install the trigger on one queue's table (idempotent; returns whether it was created). It fires only for an
--- update that brings a message's visibility forward without reading it (a read increments read_ct), so reads and
--- visibility extensions of running tasks cost nothing more than evaluating the WHEN clause.
+-- Install the triggers on one queue's table (idempotent; returns whether it created any): once per inserting
+-- statement, and for an update that brings a message's visibility forward without reading it (a read increments
+-- read_ct), so reads and visibility extensions of running tasks cost nothing more than evaluating the WHEN clause.
 CREATE OR REPLACE FUNCTION pgflow_trio.enable_notify_visible(p_queue text)
 RETURNS boolean
 LANGUAGE plpgsql
 SET search_path = ''
 AS $body$
 DECLARE
-  v_table regclass := to_regclass(format('pgmq.%I', 'q_' || p_queue));
+  v_table regclass := to_regclass(format('pgmq.%I', 'q_' || lower(p_queue)));  -- pgmq's table name
+  v_created boolean := false;
 BEGIN
   IF v_table IS NULL THEN
     RAISE EXCEPTION 'queue % does not exist', p_queue USING ERRCODE = 'undefined_table';
   END IF;
-  IF EXISTS (SELECT 1 FROM pg_catalog.pg_trigger
-             WHERE tgrelid = v_table AND tgname = 'pgflow_trio_notify_visible') THEN
-    RETURN false;
+  IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger
+                 WHERE tgrelid = v_table AND tgname = 'pgflow_trio_notify_insert') THEN
+    EXECUTE format(
+      'CREATE TRIGGER pgflow_trio_notify_insert AFTER INSERT ON %s FOR EACH STATEMENT '
+      'EXECUTE FUNCTION pgflow_trio.notify_visible()',
+      v_table
+    );
+    v_created := true;
   END IF;
-  EXECUTE format(
-    'CREATE TRIGGER pgflow_trio_notify_visible AFTER UPDATE OF vt ON %s FOR EACH ROW '
-    'WHEN (NEW.vt < OLD.vt AND NEW.read_ct = OLD.read_ct) EXECUTE FUNCTION pgflow_trio.notify_visible()',
-    v_table
-  );
-  RETURN true;
+  IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger
+                 WHERE tgrelid = v_table AND tgname = 'pgflow_trio_notify_visible') THEN
+    EXECUTE format(
+      'CREATE TRIGGER pgflow_trio_notify_visible AFTER UPDATE OF vt ON %s FOR EACH ROW '
+      'WHEN (NEW.vt < OLD.vt AND NEW.read_ct = OLD.read_ct) EXECUTE FUNCTION pgflow_trio.notify_visible()',
+      v_table
+    );
+    v_created := true;
+  END IF;
+  RETURN v_created;
 END
 $body$;
 
