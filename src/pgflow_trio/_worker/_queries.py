@@ -149,13 +149,15 @@ async def fail(con: RawConnection, *, task: ClaimedTask, payload: str) -> None:
     await con.execute("SELECT pgflow.fail_task($1, $2, $3, $4)", task.run_id, task.step_slug, task.task_index, payload)
 
 
-async def fail_permanently(con: RawConnection, *, task: ClaimedTask, payload: str) -> None:
-    """Fail the task without retrying it (its remaining attempts could not succeed); pgflow fails step and run."""
+async def fail_permanently(con: RawConnection, *, worker_id: uuid.UUID, task: ClaimedTask, payload: str) -> None:
+    """Fail the task without retrying it (its remaining attempts could not succeed); pgflow fails step and run.
+    Nothing happens unless the task is still started by `worker_id`."""
     await con.execute(
-        "SELECT pgflow_trio.fail_task_permanently($1, $2, $3, $4)",
+        "SELECT pgflow_trio.fail_task_permanently($1, $2, $3, $4, $5)",
         task.run_id,
         task.step_slug,
         task.task_index,
+        worker_id,
         payload,
     )
 

@@ -22,7 +22,7 @@ import trio
 from .._context import Context
 from .._db import Database, MissedNotifications, open_listener
 from .._definition import DefinitionError, FlowDef
-from .._errors import ConnectionLost, DatabaseError, PgflowError
+from .._errors import ConfigurationError, ConnectionLost, DatabaseError, PgflowError
 from .._execute import TaskInputError, call_handler, instantiate
 from .._flow import Definition, definition_of
 from .._serde import to_json, unstructure
@@ -130,6 +130,7 @@ class Worker:
     # ---- lifecycle -----------------------------------------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[Worker] = trio.TASK_STATUS_IGNORED) -> None:
         """Register, then serve until stopped or cancelled. `task_status.started(self)` once reading."""
+        await self._check_liveness_bound()
         if self.options.register_flow and await ensure_flow(self.db, self.flow):
             log.info("created flow %s in the database", self.flow.slug)
         await self._register()
@@ -160,6 +161,30 @@ class Worker:
             with trio.CancelScope(shield=True):
                 await self._deregister()
         log.info("worker %s (%s) stopped: %s", self.worker_id, self.flow.slug, self.stats)
+
+    async def _check_liveness_bound(self) -> None:
+        """A worker counts as live for its flow's schedules while it heartbeats within
+        `pgflow_trio.live_worker_seconds` (60 s unless set): refuse a heartbeat interval above half of that, so
+        that one late or lost heartbeat does not make the schedules skip ticks."""
+        row = await self.db.fetchrow(
+            "SELECT pgflow_trio.live_worker_seconds() AS bound, "
+            "current_setting('pgflow_trio.live_worker_seconds', true) AS setting"
+        )
+        assert row is not None
+        bound: float = row["bound"]
+        setting: str | None = row["setting"]
+        if setting and setting.strip() and _seconds(setting) != bound:
+            log.warning(
+                "pgflow_trio.live_worker_seconds = %r is not a positive number of seconds; %g s apply", setting, bound
+            )
+        if self.options.heartbeat_interval > bound / 2:
+            raise ConfigurationError(
+                f"worker option heartbeat_interval ({self.options.heartbeat_interval:g} s) must be at most half of "
+                f"pgflow_trio.live_worker_seconds ({bound:g} s), the silence after which a worker no longer counts "
+                f"as serving its flow's schedules: lower heartbeat_interval (--heartbeat-interval, "
+                f"PGFLOW_HEARTBEAT_INTERVAL), or raise the setting (ALTER DATABASE ... SET "
+                f"pgflow_trio.live_worker_seconds = '{math.ceil(self.options.heartbeat_interval * 2)}')"
+            )
 
     async def _register(self) -> None:
         rows = await self.db.fetch(
@@ -379,9 +404,12 @@ class Worker:
             try:
                 if kind == "complete":
                     await self._completer.complete(task, payload)
+                elif kind == "fail":
+                    await self.db.run(functools.partial(fail, task=task, payload=payload))
                 else:
-                    failing = fail if kind == "fail" else fail_permanently
-                    await self.db.run(functools.partial(failing, task=task, payload=payload))
+                    await self.db.run(
+                        functools.partial(fail_permanently, worker_id=self.worker_id, task=task, payload=payload)
+                    )
                 return
             except ConnectionLost as exc:
                 log.warning("reporting task %s failed (%s); retry %d", where, exc, attempt + 1)
@@ -472,6 +500,13 @@ class Worker:
                 continue
             for r in due:
                 r.visible_until = now + offset
+
+
+def _seconds(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
 
 
 def _error_text(exc: BaseException) -> str:

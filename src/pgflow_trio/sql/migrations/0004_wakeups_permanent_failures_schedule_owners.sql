@@ -58,11 +58,13 @@ END
 $body$;
 
 -- Fail a started task for good, whatever attempts it has left: for errors no retry can fix (a task input the
--- handler cannot accept). pgflow.fail_task does the bookkeeping (task, step and run failed, events, messages
+-- handler cannot accept). Only the worker that started the attempt may do so: returns false, doing nothing, unless
+-- the task is 'started' by p_worker_id (a late call cannot fail another worker's attempt). Locks in pgflow's order
+-- (run, step state, task). pgflow.fail_task does the bookkeeping (task, step and run failed, events, messages
 -- archived) exactly as when the attempts are exhausted; the task's attempts_count is then restored to the number
--- of attempts really made. Returns false when the task was not 'started' (nothing done).
+-- of attempts really made.
 CREATE OR REPLACE FUNCTION pgflow_trio.fail_task_permanently(
-    p_run_id uuid, p_step_slug text, p_task_index integer, p_error_message text
+    p_run_id uuid, p_step_slug text, p_task_index integer, p_worker_id uuid, p_error_message text
 )
 RETURNS boolean
 LANGUAGE plpgsql
@@ -72,13 +74,15 @@ DECLARE
   v_attempts integer;
   v_max integer;
 BEGIN
+  PERFORM 1 FROM pgflow.runs WHERE run_id = p_run_id FOR UPDATE;
+  PERFORM 1 FROM pgflow.step_states WHERE run_id = p_run_id AND step_slug = p_step_slug FOR UPDATE;
   SELECT t.attempts_count, coalesce(s.opt_max_attempts, f.opt_max_attempts)
   INTO v_attempts, v_max
   FROM pgflow.step_tasks AS t
   JOIN pgflow.steps AS s ON s.flow_slug = t.flow_slug AND s.step_slug = t.step_slug
   JOIN pgflow.flows AS f ON f.flow_slug = t.flow_slug
   WHERE t.run_id = p_run_id AND t.step_slug = p_step_slug AND t.task_index = p_task_index
-    AND t.status = 'started'
+    AND t.status = 'started' AND t.last_worker_id = p_worker_id
   FOR UPDATE OF t;
   IF NOT FOUND THEN
     RETURN false;
@@ -92,8 +96,24 @@ BEGIN
 END
 $body$;
 
+-- How recently a worker must have heartbeaten to count as live for its flow's schedules: the setting
+-- `pgflow_trio.live_worker_seconds` when it holds a positive number, else 60 (a value that is not a number must
+-- not make every fire_schedule fail). Workers refuse to start with a heartbeat interval above half of it.
+CREATE OR REPLACE FUNCTION pgflow_trio.live_worker_seconds()
+RETURNS float8
+LANGUAGE sql
+STABLE
+SET search_path = ''
+AS $body$
+  SELECT coalesce(
+    CASE WHEN v ~ '^\s*([0-9]+(\.[0-9]*)?|\.[0-9]+)\s*$' THEN nullif(v::float8, 0) END,
+    60
+  )
+  FROM (SELECT current_setting('pgflow_trio.live_worker_seconds', true) AS v) AS setting
+$body$;
+
 -- Whether some live worker (any language) serves a flow: registered for its queue, not deprecated, and heartbeating
--- within the last `pgflow_trio.live_worker_seconds` seconds (a setting; 60 when unset).
+-- within the last pgflow_trio.live_worker_seconds() seconds.
 CREATE OR REPLACE FUNCTION pgflow_trio.flow_is_served(p_flow_slug text)
 RETURNS boolean
 LANGUAGE sql
@@ -104,8 +124,7 @@ AS $body$
     SELECT 1 FROM pgflow.workers AS w
     WHERE w.queue_name = p_flow_slug
       AND w.deprecated_at IS NULL
-      AND w.last_heartbeat_at > clock_timestamp() - make_interval(
-            secs => coalesce(nullif(current_setting('pgflow_trio.live_worker_seconds', true), '')::float8, 60))
+      AND w.last_heartbeat_at > clock_timestamp() - make_interval(secs => pgflow_trio.live_worker_seconds())
   )
 $body$;
 
