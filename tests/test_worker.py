@@ -271,11 +271,12 @@ async def test_a_deprecated_worker_drains_and_stops(dsn: str) -> None:
 
 async def test_a_different_flow_in_the_database_is_refused_with_the_difference(dsn: str) -> None:
     other = flow_from_spec({"slug": "flaky", "max_attempts": 5, "steps": [{"slug": "attempt", "timeout": 9}]})
-    async with database(dsn) as db:
-        for statement in compile_flow(other):
-            await db.execute(statement)
-    with trio.fail_after(30), pytest.raises(FlowMismatch) as info:
-        await serve(flows.Flaky, dsn=dsn, options=FAST)
+    with trio.fail_after(30):
+        async with database(dsn) as db:
+            for statement in compile_flow(other):
+                await db.execute(statement)
+        with pytest.raises(FlowMismatch) as info:
+            await serve(flows.Flaky, dsn=dsn, options=FAST)
     message = str(info.value)
     assert "flow max_attempts: 3 in code, 5 in the database" in message
     assert "flow base_delay: 1 in code, 5 in the database" in message
@@ -285,20 +286,21 @@ async def test_a_different_flow_in_the_database_is_refused_with_the_difference(d
 
 async def test_recovery_is_safe_when_several_workers_run_it_at_once(dsn: str) -> None:
     dead = uuid.uuid4()
-    async with database(dsn) as db:
-        for statement in compile_flow(flow_from_spec({"slug": "orphans", "steps": [{"slug": "a"}]})):
-            await db.execute(statement)
-        await db.execute(
-            "INSERT INTO pgflow.workers (worker_id, queue_name, function_name, last_heartbeat_at) "
-            "VALUES ($1, 'orphans', 'gone', now() - interval '1 hour')",
-            dead,
-        )
-        for n in range(20):
-            await start_run(db, "orphans", n)
-        ids = [r[0] for r in await db.fetch("SELECT msg_id FROM pgmq.read('orphans', 30, 100)")]
-        assert len(ids) == 20
-        started = await db.fetch("SELECT * FROM pgflow.start_tasks('orphans', $1::bigint[], $2)", ids, dead)
-        assert len(started) == 20
+    with trio.fail_after(30):
+        async with database(dsn) as db:
+            for statement in compile_flow(flow_from_spec({"slug": "orphans", "steps": [{"slug": "a"}]})):
+                await db.execute(statement)
+            await db.execute(
+                "INSERT INTO pgflow.workers (worker_id, queue_name, function_name, last_heartbeat_at) "
+                "VALUES ($1, 'orphans', 'gone', now() - interval '1 hour')",
+                dead,
+            )
+            for n in range(20):
+                await start_run(db, "orphans", n)
+            ids = [r[0] for r in await db.fetch("SELECT msg_id FROM pgmq.read('orphans', 30, 100)")]
+            assert len(ids) == 20
+            started = await db.fetch("SELECT * FROM pgflow.start_tasks('orphans', $1::bigint[], $2)", ids, dead)
+            assert len(started) == 20
     results: list[int] = []
 
     async def recover() -> None:
@@ -311,10 +313,11 @@ async def test_recovery_is_safe_when_several_workers_run_it_at_once(dsn: str) ->
             for _ in range(4):
                 nursery.start_soon(recover)
     assert sum(results) == 20
-    async with database(dsn) as db:
-        rows = await db.fetch(
-            "SELECT status, attempts_count, error_message FROM pgflow.step_tasks WHERE flow_slug = 'orphans'"
-        )
+    with trio.fail_after(30):
+        async with database(dsn) as db:
+            rows = await db.fetch(
+                "SELECT status, attempts_count, error_message FROM pgflow.step_tasks WHERE flow_slug = 'orphans'"
+            )
     assert {(r["status"], r["attempts_count"]) for r in rows} == {("queued", 1)}
     assert all("stopped heartbeating" in r["error_message"] for r in rows)
 
