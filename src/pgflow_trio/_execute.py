@@ -15,6 +15,11 @@ from ._definition import DefinitionError, FlowDef, ParamKind, StepDef
 from ._serde import SerializationError, structure, unstructure
 
 
+class TaskInputError(SerializationError):
+    """A task input cannot be structured into the handler's parameters. No retry can change the input, so a worker
+    fails such a task at once."""
+
+
 def instantiate(flow: FlowDef, target: object) -> object:
     """The object whose methods are the handlers: `target` itself, or a new instance of a flow/job class."""
     if not isinstance(target, type):
@@ -88,9 +93,15 @@ def encode_output(flow: FlowDef, step: StepDef, value: Any) -> Any:
 
 
 async def call_handler(flow: FlowDef, step: StepDef, instance: object, task_input: Any, ctx: Context) -> Any:
-    """Run one task of a typed step and return its output as JSON data."""
+    """Run one task of a typed step and return its output as JSON data.
+
+    Raises TaskInputError when the task input does not fit the handler's parameters (before calling it), and
+    SerializationError when the output does not fit its declared type."""
     assert step.handler is not None
-    kwargs = build_arguments(flow, step, task_input, ctx)
+    try:
+        kwargs = build_arguments(flow, step, task_input, ctx)
+    except SerializationError as exc:
+        raise TaskInputError(str(exc)) from exc
     result = await step.handler(instance, **kwargs)
     return encode_output(flow, step, result)
 

@@ -13,6 +13,7 @@ from ._records import FlowInfo, FlowInUse, FlowNotFound, Health, QueueHealth
 from ._runs import checked_slug
 from ._schema import check
 from ._spec import flow_from_spec
+from ._worker._queries import queue_table
 from ._worker._registry import describe_differences, expected_shape, read_flow_shape
 
 _LOCK = "SELECT pg_advisory_xact_lock(hashtextextended('pgflow_trio:flow:' || $1, 0))"
@@ -130,7 +131,7 @@ _QUEUE_STATS = (
     "SELECT count(*) AS depth, count(*) FILTER (WHERE vt <= clock_timestamp()) AS visible, "
     "extract(epoch FROM clock_timestamp() - min(enqueued_at))::float8 AS oldest, "
     "extract(epoch FROM clock_timestamp() - min(vt) FILTER (WHERE vt <= clock_timestamp()))::float8 AS oldest_visible "
-    'FROM pgmq."q_{slug}"'
+    "FROM {table}"
 )
 
 
@@ -154,7 +155,7 @@ async def _queue_stats(con: RawConnection, *, stale_after: float) -> list[QueueH
         slug = r["flow_slug"]
         stats = None
         if r["has_queue"] and slug_problem(slug) is None:
-            stats = await con.fetchrow(_QUEUE_STATS.format(slug=slug))
+            stats = await con.fetchrow(_QUEUE_STATS.format(table=queue_table(slug)))
         queues.append(
             QueueHealth(
                 slug,
