@@ -423,10 +423,6 @@ async def test_health_reads_the_queue_of_a_mixed_case_slug(dsn: str) -> None:
     assert (report.ok, queue.depth, queue.visible) == (True, 1, 1)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason='_runs.start_run still names the queue table as written (pgmq."q_MixedCase"), not as pgmq does',
-)
 async def test_a_delayed_enqueue_of_a_mixed_case_slug(dsn: str) -> None:
     with trio.fail_after(30):
         async with open_engine(dsn) as engine:
