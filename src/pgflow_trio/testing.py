@@ -64,6 +64,7 @@ _log = logging.getLogger("pgflow_trio.testing")
 _TEST_DSN_ENV = "PGFLOW_TEST_DSN"
 _DEFAULT_TIMEOUT = 60  # pgflow.flows.opt_timeout's default
 _ERROR_LIMIT = 2000
+_CLEANUP_SECONDS = 10.0
 _T = TypeVar("_T")
 
 
@@ -169,8 +170,7 @@ async def drain(
                 while (task := await db.run(functools.partial(_claim, queue=queue, hasten=hasten))) is not None:
                     hasten = False
                     if len(executed) >= max_tasks:
-                        with trio.CancelScope(shield=True):
-                            await db.run(functools.partial(release, worker_id=queue.worker_id, tasks=[task]))
+                        await _hand_back(db, queue, task)
                         raise DrainLimitExceeded(
                             f"drain() ran max_tasks={max_tasks} tasks and more are ready (next: {queue.flow.slug}."
                             f"{task.step_slug}[{task.task_index}] of run {task.run_id}): work that keeps creating "
@@ -181,8 +181,11 @@ async def drain(
             if len(executed) == ran:
                 return executed
     finally:
-        with trio.CancelScope(shield=True):
-            await db.run(functools.partial(_deregister, queues=queues))
+        with trio.CancelScope(shield=True), trio.move_on_after(_CLEANUP_SECONDS):
+            try:
+                await db.run(functools.partial(_deregister, queues=queues))
+            except PgflowError as exc:
+                _log.warning("could not mark drain's workers stopped: %s", exc)
 
 
 async def _register(con: RawConnection, *, queues: list[_Queue]) -> None:
@@ -267,9 +270,19 @@ async def _execute(db: Database, queue: _Queue, task: ClaimedTask) -> Executed:
             return await _failed(db, task, flow, f"complete_task failed: {exc}"[:_ERROR_LIMIT])
         return _executed(task, flow, "completed", output=from_json(payload))
     except trio.Cancelled:
-        with trio.CancelScope(shield=True):
-            await db.run(functools.partial(release, worker_id=queue.worker_id, tasks=[task]))
+        await _hand_back(db, queue, task)
         raise
+
+
+async def _hand_back(db: Database, queue: _Queue, task: ClaimedTask) -> None:
+    """Return a claimed task to its queue without using an attempt (shielded: it runs on the cancel path too)."""
+    with trio.CancelScope(shield=True), trio.move_on_after(_CLEANUP_SECONDS):
+        try:
+            await db.run(functools.partial(release, worker_id=queue.worker_id, tasks=[task]))
+        except PgflowError as exc:
+            _log.warning(
+                "could not hand back task %s[%d] of run %s: %s", task.step_slug, task.task_index, task.run_id, exc
+            )
 
 
 async def _invoke(what: Served, step: StepDef, task: ClaimedTask, ctx: Context) -> Any:
@@ -435,7 +448,7 @@ def _server_fixture() -> _Server:
 @pytest.fixture(scope="session", name="pgflow_server_dsn")
 def _server_dsn_fixture(_pgflow_server: _Server) -> str:
     """DSN of the session's PostgreSQL server (its maintenance database): `PGFLOW_TEST_DSN` when set, else an
-    embedded PostgreSQL in a temporary directory, stopped and removed when the session ends."""
+    embedded PostgreSQL in a temporary directory, stopped and removed when pytest exits."""
     return _pgflow_server.dsn
 
 
