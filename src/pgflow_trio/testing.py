@@ -45,11 +45,10 @@ from pgflow_trio._client._engine import Engine, open_engine
 from pgflow_trio._codec import from_json, to_json, unstructure
 from pgflow_trio._definitions._context import Context
 from pgflow_trio._definitions._model import FlowDef, StepDef
-from pgflow_trio._definitions._values import encode_output
-from pgflow_trio._exceptions import ConfigurationError, DatabaseError, DefinitionError, PgflowError, SerializationError
+from pgflow_trio._exceptions import ConfigurationError, DatabaseError, DefinitionError, PgflowError, TaskInputError
 from pgflow_trio._models import JSON
 from pgflow_trio._runtime import Served, ServeTarget, served
-from pgflow_trio._runtime._execute import build_arguments
+from pgflow_trio._runtime._execute import call_handler
 from pgflow_trio._store import Database, RawConnection, open_database
 from pgflow_trio._store._dsn import parse_dsn, start_embedded
 from pgflow_trio._store._registry import ensure_flow
@@ -100,14 +99,6 @@ class DrainLimitExceeded(PgflowError):
     def __init__(self, message: str, executed: list[Executed]) -> None:
         super().__init__(message)
         self.executed = executed
-
-
-class _BadInput(Exception):
-    """The task input cannot be structured into the handler's parameters: no retry can change that."""
-
-    def __init__(self, error: SerializationError) -> None:
-        super().__init__(str(error))
-        self.error = error
 
 
 @attrs.frozen
@@ -246,9 +237,9 @@ async def _execute(db: Database, queue: _Queue, task: ClaimedTask) -> Executed:
         try:
             with trio.move_on_after(timeout) as deadline:
                 output = await _invoke(queue.served, flow.step(task.step_slug), task, ctx)
-        except _BadInput as bad:
-            _log.warning("task %s failed without retry, its input does not fit the handler: %s", where, bad.error)
-            return await _failed(db, task, flow, _error_text(bad.error), permanent=True)
+        except TaskInputError as bad:
+            _log.warning("task %s failed without retry, its input does not fit the handler: %s", where, bad)
+            return await _failed(db, queue, task, flow, _error_text(bad), permanent=True)
         except Exception as exc:
             _log.warning(
                 "task %s failed (attempt %d):\n%s",
@@ -256,18 +247,18 @@ async def _execute(db: Database, queue: _Queue, task: ClaimedTask) -> Executed:
                 task.attempt,
                 "".join(traceback.format_exception(exc)).rstrip(),
             )
-            return await _failed(db, task, flow, _error_text(exc))
+            return await _failed(db, queue, task, flow, _error_text(exc))
         if deadline.cancelled_caught:
             message = f"TimeoutError: step {task.step_slug!r} exceeded its timeout of {timeout}s"
-            return await _failed(db, task, flow, message)
+            return await _failed(db, queue, task, flow, message)
         try:
             payload = to_json(output, what=f"output of step {flow.slug}.{task.step_slug}")
         except PgflowError as exc:
-            return await _failed(db, task, flow, _error_text(exc))
+            return await _failed(db, queue, task, flow, _error_text(exc))
         try:
             await db.run(functools.partial(complete, task=task, payload=payload))
         except DatabaseError as exc:
-            return await _failed(db, task, flow, f"complete_task failed: {exc}"[:_ERROR_LIMIT])
+            return await _failed(db, queue, task, flow, f"complete_task failed: {exc}"[:_ERROR_LIMIT])
         return _executed(task, flow, "completed", output=from_json(payload))
     except trio.Cancelled:
         await _hand_back(db, queue, task)
@@ -291,19 +282,17 @@ async def _invoke(what: Served, step: StepDef, task: ClaimedTask, ctx: Context) 
     if what.handlers is not None:
         result = await what.handlers[step.slug](task.input, ctx)
         return unstructure(result, what=f"output of step {flow.slug}.{step.slug}")
-    assert step.handler is not None
-    try:
-        kwargs = build_arguments(flow, step, task.input, ctx)
-    except SerializationError as exc:
-        raise _BadInput(exc) from exc
-    result = await step.handler(what.instance, **kwargs)
-    return encode_output(flow, step, result)
+    return await call_handler(flow, step, what.instance, task.input, ctx)
 
 
-async def _failed(db: Database, task: ClaimedTask, flow: FlowDef, error: str, *, permanent: bool = False) -> Executed:
+async def _failed(
+    db: Database, queue: _Queue, task: ClaimedTask, flow: FlowDef, error: str, *, permanent: bool = False
+) -> Executed:
     """Report a failure: `fail_task` (pgflow retries or fails the run), or no retry at all when `permanent`."""
-    reporter = fail_permanently if permanent else fail
-    await db.run(functools.partial(reporter, task=task, payload=error))
+    if permanent:
+        await db.run(functools.partial(fail_permanently, worker_id=queue.worker_id, task=task, payload=error))
+    else:
+        await db.run(functools.partial(fail, task=task, payload=error))
     return _executed(task, flow, "failed", error=error)
 
 
