@@ -38,6 +38,14 @@ from pgflow_trio._store._worker_queries import (
     release,
     visible_channel,
 )
+from pgflow_trio._store._workers import (
+    deregister_worker,
+    enable_queue_notifications,
+    extend_visibility,
+    heartbeat,
+    recover_stalled_tasks,
+    register_worker,
+)
 
 log = logging.getLogger("pgflow_trio.worker")
 
@@ -178,28 +186,16 @@ class Worker:
         log.info("worker %s (%s) stopped: %s", self.worker_id, self.flow.slug, self.stats)
 
     async def _register(self) -> None:
-        rows = await self.db.fetch(
-            "SELECT step_slug, coalesce(s.opt_timeout, f.opt_timeout) AS timeout FROM pgflow.steps s "
-            "JOIN pgflow.flows f USING (flow_slug) WHERE flow_slug = $1",
-            self.flow.slug,
-        )
-        if not rows:
-            raise DefinitionError(f"flow {self.flow.slug!r} does not exist in the database; start with register_flow")
-        self._timeouts = {r["step_slug"]: r["timeout"] for r in rows}
-        await self.db.execute(
-            "INSERT INTO pgflow.workers (queue_name, worker_id, function_name) VALUES ($1, $2, $3)",
-            self.flow.slug,
-            self.worker_id,
-            self.function_name,
+        self._timeouts = await self.db.run(
+            functools.partial(
+                register_worker, queue=self.flow.slug, worker_id=self.worker_id, function_name=self.function_name
+            )
         )
 
     async def _deregister(self) -> None:
         try:
             with trio.move_on_after(5):
-                await self.db.execute(
-                    "UPDATE pgflow.workers SET deprecated_at = coalesce(deprecated_at, now()) WHERE worker_id = $1",
-                    self.worker_id,
-                )
+                await self.db.run(functools.partial(deregister_worker, worker_id=self.worker_id))
         except PgflowError as exc:
             log.warning("could not mark worker %s stopped: %s", self.worker_id, exc)
 
@@ -209,18 +205,7 @@ class Worker:
         back or recovered, failures reported by any process). Once per queue; concurrent workers serialize on a
         lock."""
         try:
-            async with self.db.transaction() as tx:
-                await tx.execute(
-                    "SELECT pg_advisory_xact_lock(hashtextextended('pgflow_trio:notify:' || $1, 0))", self.flow.slug
-                )
-                enabled = await tx.fetchval(
-                    "SELECT EXISTS (SELECT 1 FROM pgmq.notify_insert_throttle "
-                    "WHERE queue_name = $1 AND throttle_interval_ms = 0)",
-                    self.flow.slug,
-                )
-                if not enabled:
-                    await tx.execute("SELECT pgmq.enable_notify_insert($1, 0)", self.flow.slug)
-                await tx.execute("SELECT pgflow_trio.enable_notify_visible($1)", self.flow.slug)
+            await self.db.run(functools.partial(enable_queue_notifications, queue=self.flow.slug))
             return True
         except DatabaseError as exc:
             log.warning("pgmq insert notifications unavailable (%s); polling instead", exc)
@@ -451,11 +436,7 @@ class Worker:
         while True:
             await trio.sleep(self.options.heartbeat_interval)
             try:
-                deprecated = await self.db.fetchval(
-                    "UPDATE pgflow.workers SET last_heartbeat_at = clock_timestamp() WHERE worker_id = $1 "
-                    "RETURNING deprecated_at IS NOT NULL",
-                    self.worker_id,
-                )
+                deprecated = await self.db.run(functools.partial(heartbeat, worker_id=self.worker_id))
             except PgflowError as exc:
                 log.warning("worker %s: heartbeat failed: %s", self.worker_id, exc)
                 continue
@@ -467,19 +448,19 @@ class Worker:
         while True:
             await trio.sleep(self.options.recovery_interval * random.uniform(0.5, 1.0))
             try:
-                rows = await self.db.fetch(
-                    "SELECT * FROM pgflow_trio.recover_stalled_tasks($1, $2, 100)",
-                    self.options.stale_after,
-                    self.options.timeout_grace,
+                recovered = await self.db.run(
+                    functools.partial(
+                        recover_stalled_tasks,
+                        stale_after=self.options.stale_after,
+                        timeout_grace=self.options.timeout_grace,
+                    )
                 )
             except PgflowError as exc:
                 log.warning("worker %s: recovery failed: %s", self.worker_id, exc)
                 continue
-            for row in rows:
+            for task in recovered:
                 self.stats.recovered += 1
-                log.warning(
-                    "recovered task %s/%s[%d]: %s", row["run_id"], row["step_slug"], row["task_index"], row["reason"]
-                )
+                log.warning("recovered task %s/%s[%d]: %s", task.run_id, task.step_slug, task.task_index, task.reason)
 
     async def _extend_loop(self) -> None:
         margin = self.options.extend_margin
@@ -491,11 +472,10 @@ class Worker:
                 continue
             offset = math.ceil(margin * 3)
             try:
-                await self.db.execute(
-                    "SELECT pgflow.set_vt_batch($1, $2::bigint[], $3::int[])",
-                    self.flow.slug,
-                    [r.task.msg_id for r in due],
-                    [offset] * len(due),
+                await self.db.run(
+                    functools.partial(
+                        extend_visibility, queue=self.flow.slug, msg_ids=[r.task.msg_id for r in due], seconds=offset
+                    )
                 )
             except PgflowError as exc:
                 log.warning("worker %s: extending visibility failed: %s", self.worker_id, exc)
