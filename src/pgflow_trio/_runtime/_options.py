@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Callable
+from typing import Literal, get_args
 
 import attrs
 
@@ -22,14 +23,16 @@ def _count(instance: object, attribute: attrs.Attribute[int], value: int) -> Non
         raise ConfigurationError(f"worker option {attribute.name} must be an integer >= 1, got {value!r}")
 
 
-def _signal(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
-    if value not in ("poll", "notify"):
-        raise ConfigurationError(f"worker option signal must be 'poll' or 'notify', got {value!r}")
+def _one_of(choices: object) -> Callable[[object, attrs.Attribute[str], str], None]:
+    """A validator accepting exactly the values of a Literal type."""
+    allowed: tuple[str, ...] = get_args(choices)
+    spelled = ", ".join(repr(c) for c in allowed[:-1]) + f" or {allowed[-1]!r}"
 
+    def validate(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
+        if value not in allowed:
+            raise ConfigurationError(f"worker option {attribute.name} must be {spelled}, got {value!r}")
 
-def _cron_backend(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
-    if value not in ("auto", "builtin", "pg_cron"):
-        raise ConfigurationError(f"worker option cron_backend must be 'auto', 'builtin' or 'pg_cron', got {value!r}")
+    return validate
 
 
 @attrs.frozen(kw_only=True)
@@ -40,9 +43,9 @@ class WorkerOptions:
     """Tasks run at once per worker; the reader asks only for as many messages as there are free slots."""
     batch_size: int = attrs.field(default=10, validator=_count)
     """Most messages read in one go."""
-    signal: Signal = attrs.field(default="notify", validator=_signal)
-    """`notify`: the reader wakes when a message may have become readable (pgmq insert notifications, our trigger
-    for messages made visible earlier, a timer for the next invisible message), plus a fallback poll;
+    signal: Signal = attrs.field(default="notify", validator=_one_of(Signal))
+    """`notify`: the reader wakes when a message may have become readable (our triggers on inserts and on messages
+    made visible earlier, a timer for the next invisible message), plus a fallback poll;
     `poll`: read_with_poll."""
     poll_min: float = attrs.field(default=0.05, validator=_positive)
     """Shortest server-side poll interval (used while busy); it doubles while idle up to `poll_max`."""
@@ -67,7 +70,7 @@ class WorkerOptions:
     """Create the flow in the database when it is absent (refuse to start when it differs)."""
     sync_schedules: bool = True
     """At start, make the database's cron schedules of the served flows match the code (pg_cron or built-in)."""
-    cron_backend: CronBackend = attrs.field(default="auto", validator=_cron_backend)
+    cron_backend: CronBackend = attrs.field(default="auto", validator=_one_of(CronBackend))
     """Where the served flows' schedules run, per schedule: `auto` puts each on pg_cron when the database has it
     and it can express the schedule (five fields, UTC), else on the built-in scheduler; `builtin` always the
     built-in one; `pg_cron` prefers pg_cron and falls back, with a warning, for what it cannot run."""

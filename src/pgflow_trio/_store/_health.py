@@ -5,12 +5,13 @@ from __future__ import annotations
 from pgflow_trio._definitions._model import slug_problem
 from pgflow_trio._models import QueueHealth
 from pgflow_trio._store import RawConnection
+from pgflow_trio._store._worker_queries import queue_table
 
 _QUEUE_STATS = (
     "SELECT count(*) AS depth, count(*) FILTER (WHERE vt <= clock_timestamp()) AS visible, "
     "extract(epoch FROM clock_timestamp() - min(enqueued_at))::float8 AS oldest, "
     "extract(epoch FROM clock_timestamp() - min(vt) FILTER (WHERE vt <= clock_timestamp()))::float8 AS oldest_visible "
-    'FROM pgmq."q_{slug}"'
+    "FROM {table}"
 )
 
 
@@ -34,7 +35,7 @@ async def queue_health(con: RawConnection, *, stale_after: float) -> list[QueueH
         slug = r["flow_slug"]
         stats = None
         if r["has_queue"] and slug_problem(slug) is None:
-            stats = await con.fetchrow(_QUEUE_STATS.format(slug=slug))
+            stats = await con.fetchrow(_QUEUE_STATS.format(table=queue_table(slug)))
         queues.append(
             QueueHealth(
                 slug,

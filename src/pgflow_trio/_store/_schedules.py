@@ -39,11 +39,16 @@ class ScheduleRemoval:
 
 @attrs.frozen
 class DueSchedule:
-    """A built-in schedule whose flow a live worker serves: its ticks after `since` up to `now` are due."""
+    """A schedule whose flow a live worker serves, as one scheduler pass sees it."""
 
     schedule: ScheduleDef
+    backend: str
     since: datetime.datetime
+    """The last tick fired or skipped, else the schedule's creation: its unfired ticks come after it."""
+    created_at: datetime.datetime
     now: datetime.datetime
+    recorded: frozenset[datetime.datetime]
+    """The ticks already recorded in the recent past asked for (`recent` seconds)."""
 
 
 @attrs.frozen
@@ -194,14 +199,21 @@ async def delete_pg_cron_job(con: RawConnection, *, name: str, database: str) ->
     return True
 
 
-async def due_schedules(con: RawConnection) -> list[DueSchedule]:
-    """Every built-in schedule whose flow a live worker serves, with the instant its unfired ticks start after."""
+async def due_schedules(con: RawConnection, *, recent: float) -> list[DueSchedule]:
+    """Every schedule (either backend) whose flow a live worker serves, with the instant its unfired ticks start
+    after and the ticks recorded within the last `recent` seconds."""
     rows = await con.fetch(
-        "SELECT name, flow_slug, expression, timezone, catch_up, coalesce(last_tick, created_at) AS since, "
-        "clock_timestamp() AS now FROM pgflow_trio.schedules "
-        "WHERE backend = 'builtin' AND pgflow_trio.flow_is_served(flow_slug)"
+        "SELECT s.name, s.flow_slug, s.expression, s.timezone, s.catch_up, s.backend, "
+        "coalesce(s.last_tick, s.created_at) AS since, s.created_at, clock_timestamp() AS now, "
+        "ARRAY(SELECT c.tick FROM pgflow_trio.cron_ticks c WHERE c.schedule_name = s.name "
+        "      AND c.tick > clock_timestamp() - make_interval(secs => $1)) AS recorded "
+        "FROM pgflow_trio.schedules s WHERE pgflow_trio.flow_is_served(s.flow_slug)",
+        recent,
     )
-    return [DueSchedule(_definition(r), r["since"], r["now"]) for r in rows]
+    return [
+        DueSchedule(_definition(r), r["backend"], r["since"], r["created_at"], r["now"], frozenset(r["recorded"]))
+        for r in rows
+    ]
 
 
 async def fire_schedule(con: RawConnection, *, name: str, tick: datetime.datetime) -> uuid.UUID | None:

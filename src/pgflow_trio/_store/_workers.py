@@ -61,19 +61,33 @@ async def heartbeat(con: RawConnection, *, worker_id: uuid.UUID) -> bool:
 
 
 async def enable_queue_notifications(con: RawConnection, *, queue: str) -> None:
-    """Make `queue` notify whenever a message may have become readable: pgmq's insert notifications (unthrottled)
-    and our trigger for messages made visible earlier without an insert. Once per queue, in one transaction;
-    concurrent workers serialize on a lock."""
+    """Make `queue` notify whenever a message may have become readable: our triggers notify on inserts and when a
+    message becomes visible earlier without an insert (`pgflow_trio.enable_notify_visible`). Once per queue, in one
+    transaction; concurrent workers serialize on a lock. (pgmq's own insert notifications are not used: they stay
+    silent for a queue name with capitals.)"""
     async with con.transaction():
         await con.execute("SELECT pg_advisory_xact_lock(hashtextextended('pgflow_trio:notify:' || $1, 0))", queue)
-        enabled = await con.fetchval(
-            "SELECT EXISTS (SELECT 1 FROM pgmq.notify_insert_throttle "
-            "WHERE queue_name = $1 AND throttle_interval_ms = 0)",
-            queue,
-        )
-        if not enabled:
-            await con.execute("SELECT pgmq.enable_notify_insert($1, 0)", queue)
         await con.execute("SELECT pgflow_trio.enable_notify_visible($1)", queue)
+
+
+@attrs.frozen
+class LivenessBound:
+    """How recently a worker must have heartbeaten to count as serving its flow's schedules."""
+
+    seconds: float
+    """`pgflow_trio.live_worker_seconds()`: the setting when it holds a positive number, else 60."""
+    setting: str | None
+    """The raw setting `pgflow_trio.live_worker_seconds` (None: unset)."""
+
+
+async def liveness_bound(con: RawConnection) -> LivenessBound:
+    """The silence after which a worker no longer counts as live for its flow's schedules, and the raw setting."""
+    row = await con.fetchrow(
+        "SELECT pgflow_trio.live_worker_seconds() AS bound, "
+        "current_setting('pgflow_trio.live_worker_seconds', true) AS setting"
+    )
+    assert row is not None
+    return LivenessBound(row["bound"], row["setting"])
 
 
 async def extend_visibility(con: RawConnection, *, queue: str, msg_ids: list[int], seconds: int) -> None:
