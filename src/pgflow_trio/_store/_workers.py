@@ -5,6 +5,7 @@ asyncio on one connection (`Database.run(functools.partial(fn, ...))`: one cross
 from __future__ import annotations
 
 import uuid
+from collections.abc import Collection, Mapping
 
 import attrs
 
@@ -34,19 +35,32 @@ async def register_worker(
     )
     if not rows:
         raise DefinitionError(f"flow {queue!r} does not exist in the database; start with register_flow")
-    await con.execute(
-        "INSERT INTO pgflow.workers (queue_name, worker_id, function_name) VALUES ($1, $2, $3)",
-        queue,
-        worker_id,
-        function_name,
-    )
+    await add_workers(con, workers={worker_id: queue}, function_name=function_name)
     return {r["step_slug"]: r["timeout"] for r in rows}
+
+
+async def add_workers(con: RawConnection, *, workers: Mapping[uuid.UUID, str], function_name: str) -> None:
+    """One row in `pgflow.workers` per worker id (-> its queue), without checking the flows: pgflow's
+    `start_tasks` records the worker that claimed each task."""
+    for worker_id, queue in workers.items():
+        await con.execute(
+            "INSERT INTO pgflow.workers (queue_name, worker_id, function_name) VALUES ($1, $2, $3)",
+            queue,
+            worker_id,
+            function_name,
+        )
 
 
 async def deregister_worker(con: RawConnection, *, worker_id: uuid.UUID) -> None:
     """Mark the worker stopped (deprecated), keeping an earlier mark."""
+    await deregister_workers(con, worker_ids=[worker_id])
+
+
+async def deregister_workers(con: RawConnection, *, worker_ids: Collection[uuid.UUID]) -> None:
+    """Mark the workers stopped (deprecated), keeping earlier marks."""
     await con.execute(
-        "UPDATE pgflow.workers SET deprecated_at = coalesce(deprecated_at, now()) WHERE worker_id = $1", worker_id
+        "UPDATE pgflow.workers SET deprecated_at = coalesce(deprecated_at, now()) WHERE worker_id = ANY($1::uuid[])",
+        list(worker_ids),
     )
 
 
