@@ -3,6 +3,7 @@ catch-up) and pg_cron (PostgreSQL 15), with hostile inputs."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import functools
 import itertools
@@ -108,7 +109,7 @@ def test_cron_in_plain_data_specs() -> None:
         {"slug": "tenant", "steps": [{"slug": "a"}], "cron": [{"schedule": "@hourly", "input": {"x": 1}, "name": "h"}]}
     )
     assert flow.schedules[0].name == "tenant__h" and flow.schedules[0].five_field == "0 * * * *"
-    with pytest.raises(DefinitionError, match=r"\$.cron has unknown keys \['when'\]"):
+    with pytest.raises(DefinitionError, match=r"unknown keys \['when'\]; allowed: .* @ \$\.cron$"):
         flow_from_spec({"slug": "t", "steps": [{"slug": "a"}], "cron": {"schedule": "@daily", "when": 1}})
 
 
@@ -457,22 +458,30 @@ async def test_the_built_in_leader_fires_pg_cron_ticks_missed_within_the_grace_n
         async with open_database(cron_empty_dsn, max_size=3) as db, open_database(cron_dsn, max_size=2) as cron_db:
             await install(db)
             await ensure_flow(db, flow)
-            assert (await sync_schedules(db, [flow], cron_db=cron_db)).backends == {"pgcron_missed": "pg_cron"}
-            command = await cron_db.fetchval("SELECT command FROM cron.job WHERE jobname = 'pgflow_trio:pgcron_missed'")
-            await _at_second_16_to_45(db)
-            # The schedule has existed for three minutes with no worker serving the flow: pg_cron's calls (the job's
-            # command, exactly as pg_cron runs it) fired nothing and recorded nothing.
-            await db.execute("UPDATE pgflow_trio.schedules SET created_at = clock_timestamp() - interval '3 minutes'")
-            assert await db.fetchval(command) is None
-            await _live_worker(db, "pgcron_missed")
-            # A worker is back: pg_cron fires this minute's tick; the built-in leader fires the two it missed.
-            this_minute = await db.fetchval("SELECT date_trunc('minute', clock_timestamp())")
-            by_pg_cron = await db.fetchval(command)
-            assert by_pg_cron is not None or await _ticks(db, "pgcron_missed")  # (or pg_cron itself just did)
-            await fire_due(db, grace=300.0)
-            await fire_due(db, grace=300.0)
-            ticks = await _ticks(db, "pgcron_missed")
-            runs = await db.fetchval("SELECT count(*) FROM pgflow.runs WHERE flow_slug = 'pgcron_missed'")
+            try:
+                assert (await sync_schedules(db, [flow], cron_db=cron_db)).backends == {"pgcron_missed": "pg_cron"}
+                command = await cron_db.fetchval(
+                    "SELECT command FROM cron.job WHERE jobname = 'pgflow_trio:pgcron_missed'"
+                )
+                await _at_second_16_to_45(db)
+                # The schedule has existed for three minutes with no worker serving the flow: pg_cron's calls (the job's
+                # command, exactly as pg_cron runs it) fired nothing and recorded nothing.
+                await db.execute(
+                    "UPDATE pgflow_trio.schedules SET created_at = clock_timestamp() - interval '3 minutes'"
+                )
+                assert await db.fetchval(command) is None
+                await _live_worker(db, "pgcron_missed")
+                # A worker is back: pg_cron fires this minute's tick; the built-in leader fires the two it missed.
+                this_minute = await db.fetchval("SELECT date_trunc('minute', clock_timestamp())")
+                by_pg_cron = await db.fetchval(command)
+                assert by_pg_cron is not None or await _ticks(db, "pgcron_missed")  # (or pg_cron itself just did)
+                await fire_due(db, grace=300.0)
+                await fire_due(db, grace=300.0)
+                ticks = await _ticks(db, "pgcron_missed")
+                runs = await db.fetchval("SELECT count(*) FROM pgflow.runs WHERE flow_slug = 'pgcron_missed'")
+            finally:  # its pg_cron job would outlive the test's database (and fail the next pg_cron test)
+                with trio.CancelScope(shield=True), trio.move_on_after(10), contextlib.suppress(ScheduleNotFound):
+                    await remove_schedule(db, "pgcron_missed", cron_db=cron_db)
     minute = datetime.timedelta(minutes=1)
     assert [t for t, _ in ticks] == [this_minute - 2 * minute, this_minute - minute, this_minute]
     assert runs == 3 and by_pg_cron in (None, ticks[-1][1])

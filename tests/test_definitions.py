@@ -23,8 +23,11 @@ from pgflow_trio import (
     spec_of,
     step,
 )
+from pgflow_trio._definitions._diff import Difference, flow_differences
 from pgflow_trio._definitions._flow import needs_input
-from pgflow_trio._definitions._model import ParamKind
+from pgflow_trio._definitions._model import ParamKind, StepDef, build_flow
+from pgflow_trio._definitions._schedule import Schedule
+from pgflow_trio._definitions._spec import CronSpec, FlowSpec, StepSpec, parse_spec
 
 
 @attrs.frozen
@@ -467,12 +470,23 @@ def test_a_128_character_slug_is_fine() -> None:
         ({"base_delay": 0}, "base_delay must be >= 1, got 0"),
         ({"timeout": 2}, "timeout must be >= 3, got 2"),
         ({"start_delay": -1}, "start_delay must be >= 0, got -1"),
-        ({"timeout": 3.5}, "timeout must be an integer"),
-        ({"max_attempts": True}, "max_attempts must be an integer"),
     ],
 )
 def test_option_ranges(options: dict[str, Any], message: str) -> None:
     with pytest.raises(DefinitionError, match=f"step 'a'.*{message}"):
+        flow_from_spec({"slug": "f", "steps": [{"slug": "a", **options}]})
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"timeout": 3.5}, r"expected an integer, got the number 3.5 @ \$\.steps\[0\]\.timeout"),
+        ({"max_attempts": True}, r"expected an integer, got the boolean true @ \$\.steps\[0\]\.max_attempts"),
+        ({"base_delay": "5"}, r"expected an integer, got the string '5' @ \$\.steps\[0\]\.base_delay"),
+    ],
+)
+def test_option_types_are_checked_with_their_path(options: dict[str, Any], message: str) -> None:
+    with pytest.raises(DefinitionError, match=message):
         flow_from_spec({"slug": "f", "steps": [{"slug": "a", **options}]})
 
 
@@ -656,13 +670,13 @@ def test_job_errors() -> None:
 
 
 def test_spec_shape_errors_give_the_path() -> None:
-    with pytest.raises(DefinitionError, match=r"\$.steps must be a list"):
+    with pytest.raises(DefinitionError, match=r"required field missing @ \$\.steps$"):
         flow_from_spec({"slug": "f"})
-    with pytest.raises(DefinitionError, match=r"\$.steps\[1\].deps must be a list of step slugs"):
+    with pytest.raises(DefinitionError, match=r"expected an array, got the string 'a' @ \$\.steps\[1\]\.deps"):
         flow_from_spec({"slug": "f", "steps": [{"slug": "a"}, {"slug": "b", "deps": "a"}]})
-    with pytest.raises(DefinitionError, match=r"\$.steps\[0\].step_type must be 'single' or 'map'"):
+    with pytest.raises(DefinitionError, match=r"must be 'single' or 'map', got 'fan' @ \$\.steps\[0\]\.step_type"):
         flow_from_spec({"slug": "f", "steps": [{"slug": "a", "step_type": "fan"}]})
-    with pytest.raises(DefinitionError, match=r"\$.steps\[0\] has unknown keys \['dependsOn'\]"):
+    with pytest.raises(DefinitionError, match=r"unknown keys \['dependsOn'\]; allowed: .* @ \$\.steps\[0\]$"):
         flow_from_spec({"slug": "f", "steps": [{"slug": "a", "dependsOn": []}]})
     with pytest.raises(DefinitionError, match=r"step 'b' depends on unknown step 'x' \(steps: a, b\)"):
         flow_from_spec({"slug": "f", "steps": [{"slug": "a"}, {"slug": "b", "deps": ["x"]}]})
@@ -673,3 +687,95 @@ def test_spec_round_trip_and_same_model_as_typed_class() -> None:
     again = flow_from_spec(spec_of(flow))
     assert compile_flow(again) == compile_flow(flow)
     assert spec_of(again) == spec_of(flow)
+
+
+def test_spec_errors_name_the_origin_and_every_problem_with_its_path() -> None:
+    with pytest.raises(DefinitionError) as info:
+        flow_from_spec(
+            {
+                "slug": 5,
+                "steps": [{"slug": "a", "deps": [1]}, "b"],
+                "cron": [{"schedule": "@hourly", "every": 2}, {"name": "x"}, 3],
+            },
+            origin="flows/tenant.json",
+        )
+    message = str(info.value)
+    assert message.startswith("flows/tenant.json: ")
+    for problem in (
+        "expected a string, got the number 5 @ $.slug",
+        "expected a string, got the number 1 @ $.steps[0].deps[0]",
+        "expected an object, got the string 'b' @ $.steps[1]",
+        "unknown keys ['every']; allowed: ['catch_up', 'input', 'name', 'schedule', 'timezone'] @ $.cron[0]",
+        "required field missing @ $.cron[1].schedule",
+        "expected an object, got the number 3 @ $.cron[2]",
+    ):
+        assert problem in message
+    with pytest.raises(DefinitionError, match=r"^spec: expected an object, got an array @ \$$"):
+        flow_from_spec([{"slug": "f"}])
+
+
+def test_spec_model_structures_the_documented_shape() -> None:
+    spec = parse_spec(
+        {
+            "slug": "f",
+            "timeout": 30,
+            "steps": [{"slug": "a"}, {"slug": "m", "deps": ["a"], "step_type": "map", "start_delay": 2}],
+            "cron": ["@hourly", {"schedule": "0 9 * * *", "name": "morning", "input": {"n": 1}, "catch_up": "once"}],
+        }
+    )
+    assert spec == FlowSpec(
+        slug="f",
+        timeout=30,
+        steps=[StepSpec("a"), StepSpec("m", deps=["a"], step_type="map", start_delay=2)],
+        cron=["@hourly", CronSpec("0 9 * * *", input={"n": 1}, name="morning", catch_up="once")],
+    )
+
+
+def _flow(**changes: Any) -> FlowDef:
+    data: dict[str, Any] = {"slug": "f", "steps": [{"slug": "a"}, {"slug": "b", "deps": ["a"]}]}
+    return flow_from_spec({**data, **changes})
+
+
+def test_flow_differences_is_a_structured_diff_with_pgflow_defaults() -> None:
+    assert flow_differences(_flow(), _flow()) == ()
+    # an unset flow option is pgflow's default (max_attempts 3, base_delay 5, timeout 60)
+    assert flow_differences(_flow(), _flow(max_attempts=3, base_delay=5, timeout=60)) == ()
+    assert flow_differences(_flow(), _flow(max_attempts=5, timeout=60)) == (Difference("max_attempts", 3, 5),)
+    changed = _flow(
+        steps=[{"slug": "a", "timeout": 9}, {"slug": "b", "deps": ["a"], "step_type": "map"}, {"slug": "c"}]
+    )
+    assert flow_differences(_flow(), changed) == (
+        Difference("steps", ("a", "b"), ("a", "b", "c")),
+        Difference("steps.a.timeout", None, 9),
+        Difference("steps.b.step_type", "single", "map"),
+    )
+    lines = [d.describe() for d in flow_differences(_flow(base_delay=1), changed)]
+    assert lines == [
+        "flow base_delay: 1 in code, 5 in the database",
+        "steps: a, b in code; a, b, c in the database",
+        "step 'a' timeout: None in code, 9 in the database",
+        "step 'b' step_type: 'single' in code, 'map' in the database",
+    ]
+
+
+def test_flow_differences_ignore_dependency_order() -> None:
+    ours = flow_from_spec({"slug": "f", "steps": [{"slug": "a"}, {"slug": "b"}, {"slug": "c", "deps": ["a", "b"]}]})
+    theirs = flow_from_spec({"slug": "f", "steps": [{"slug": "a"}, {"slug": "b"}, {"slug": "c", "deps": ["b", "a"]}]})
+    assert flow_differences(ours, theirs) == ()
+    other = flow_from_spec({"slug": "f", "steps": [{"slug": "a"}, {"slug": "b"}, {"slug": "c", "deps": ["a"]}]})
+    assert flow_differences(ours, other) == (Difference("steps.c.deps", ("a", "b"), ("a",)),)
+
+
+def test_build_flow_validates_result_mode_and_schedules() -> None:
+    steps = [StepDef("a"), StepDef("b")]
+    with pytest.raises(DefinitionError, match=r"result_mode 'leaf' needs exactly one step nobody depends on"):
+        build_flow("f", steps, origin="here", result_mode="leaf", typed=True)
+    with pytest.raises(DefinitionError, match=r"result_mode 'leaf' needs a typed flow"):
+        build_flow("f", steps[:1], origin="here", result_mode="leaf")
+    with pytest.raises(DefinitionError, match=r"result_mode 'record' needs an attrs output class"):
+        build_flow("f", steps, origin="here", result_mode="record", output_type=A, typed=True)
+    with pytest.raises(DefinitionError, match=r"here, cron: unknown cron alias"):
+        build_flow("f", steps, origin="here", schedules="@sometimes")
+    flow = build_flow("f", steps, origin="here", schedules=Schedule("@hourly", input={"n": 1}))
+    assert [(s.name, s.input) for s in flow.schedules] == [("f", {"n": 1})]
+    assert definition_of(Linear).result_mode == "leaf"

@@ -339,13 +339,17 @@ async def test_upsert_flow_creates_keeps_or_replaces(dsn: str) -> None:
     async with open_engine(dsn) as engine:
         assert await engine.upsert_flow(spec) == "created"
         assert await engine.upsert_flow(spec) == "unchanged"
+        # options spelled out at pgflow's defaults are the same flow
+        assert await engine.upsert_flow({**spec, "max_attempts": 3, "base_delay": 5, "timeout": 60}) == "unchanged"
+        stored = await engine.get_flow("tenant_42")
+        assert stored.origin == "database" and stored.step("sync").deps == ("fetch",)
         run = await engine.start("tenant_42", {"n": 1})
         changed = {**spec, "steps": [*spec["steps"], {"slug": "notify", "deps": ["sync"], "timeout": 5}]}
         assert await engine.upsert_flow(changed) == "replaced"
         with pytest.raises(RunNotFound):
             await engine.get_run(run.run_id)  # replacing deleted the old history
         assert (await engine.get_flow("tenant_42")).step("notify").options.timeout == 5
-        with pytest.raises(DefinitionError, match=r"\$.steps\[0\].slug is required"):
+        with pytest.raises(DefinitionError, match=r"required field missing @ \$\.steps\[0\]\.slug"):
             await engine.upsert_flow({"slug": "x", "steps": [{}]})
 
 

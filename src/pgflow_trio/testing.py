@@ -18,9 +18,7 @@ returns what ran.
 
 from __future__ import annotations
 
-import asyncio
 import atexit
-import contextlib
 import functools
 import hashlib
 import importlib.util
@@ -30,13 +28,11 @@ import shutil
 import tempfile
 import traceback
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
 import attrs
 import pytest
 import trio
@@ -50,11 +46,21 @@ from pgflow_trio._models import JSON
 from pgflow_trio._runtime import Served, ServeTarget, served
 from pgflow_trio._runtime._execute import call_handler
 from pgflow_trio._store import Database, RawConnection, open_database
+from pgflow_trio._store._databases import create_database, drop_database, is_template, mark_template, rename_database
 from pgflow_trio._store._dsn import parse_dsn, start_embedded
 from pgflow_trio._store._registry import ensure_flow
 from pgflow_trio._store._schema import CORE_INTEGRITY, install
 from pgflow_trio._store._schema._install import own_migrations, realtime_stand_in
-from pgflow_trio._store._worker_queries import ClaimedTask, complete, fail, fail_permanently, read_and_claim, release
+from pgflow_trio._store._worker_queries import (
+    ClaimedTask,
+    complete,
+    fail,
+    fail_permanently,
+    make_queued_visible,
+    read_and_claim,
+    release,
+)
+from pgflow_trio._store._workers import add_workers, deregister_workers
 
 __all__ = ["DrainLimitExceeded", "Executed", "drain"]
 
@@ -64,7 +70,6 @@ _TEST_DSN_ENV = "PGFLOW_TEST_DSN"
 _DEFAULT_TIMEOUT = 60  # pgflow.flows.opt_timeout's default
 _ERROR_LIMIT = 2000
 _CLEANUP_SECONDS = 10.0
-_T = TypeVar("_T")
 
 
 # ---- drain -------------------------------------------------------------------------------------------------------
@@ -153,7 +158,9 @@ async def drain(
         await ensure_flow(db, queue.flow)
     executed: list[Executed] = []
     try:
-        await db.run(functools.partial(_register, queues=queues))
+        # One row in pgflow.workers per queue: `start_tasks` records the worker that claimed each task.
+        workers = {q.worker_id: q.flow.slug for q in queues}
+        await db.run(functools.partial(add_workers, workers=workers, function_name="pgflow_trio.testing.drain"))
         while True:
             ran = len(executed)
             for queue in queues:
@@ -174,37 +181,15 @@ async def drain(
     finally:
         with trio.CancelScope(shield=True), trio.move_on_after(_CLEANUP_SECONDS):
             try:
-                await db.run(functools.partial(_deregister, queues=queues))
+                await db.run(functools.partial(deregister_workers, worker_ids=[q.worker_id for q in queues]))
             except PgflowError as exc:
                 _log.warning("could not mark drain's workers stopped: %s", exc)
-
-
-async def _register(con: RawConnection, *, queues: list[_Queue]) -> None:
-    """One row in pgflow.workers per queue: `start_tasks` records the worker that claimed each task."""
-    for queue in queues:
-        await con.execute(
-            "INSERT INTO pgflow.workers (queue_name, worker_id, function_name) VALUES ($1, $2, $3)",
-            queue.flow.slug,
-            queue.worker_id,
-            "pgflow_trio.testing.drain",
-        )
-
-
-async def _deregister(con: RawConnection, *, queues: list[_Queue]) -> None:
-    await con.execute(
-        "UPDATE pgflow.workers SET deprecated_at = coalesce(deprecated_at, now()) WHERE worker_id = ANY($1::uuid[])",
-        [q.worker_id for q in queues],
-    )
 
 
 async def _claim(con: RawConnection, *, queue: _Queue, hasten: bool) -> ClaimedTask | None:
     """Start the next ready task of `queue` (after making its delayed messages visible, when `hasten`)."""
     if hasten:
-        await con.execute(
-            "SELECT count(*) FROM pgflow.step_tasks t, LATERAL pgmq.set_vt(t.flow_slug, t.message_id, 0) "
-            "WHERE t.flow_slug = $1 AND t.status = 'queued' AND t.message_id IS NOT NULL",
-            queue.flow.slug,
-        )
+        await make_queued_visible(con, queue=queue.flow.slug)
     result = await read_and_claim(
         con,
         queue=queue.flow.slug,
@@ -322,28 +307,6 @@ class _Server:
     data_dir: Path | None = None
 
 
-def _admin(dsn: str, work: Callable[[asyncpg.Connection[asyncpg.Record]], Awaitable[_T]]) -> _T:
-    """Run `work` on a short-lived plain asyncpg connection, synchronously (its own asyncio loop in a thread, so
-    it also works while a Trio loop runs in this thread)."""
-
-    async def go() -> _T:
-        con = await asyncpg.connect(dsn)
-        try:
-            return await work(con)
-        finally:
-            await con.close()
-
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(asyncio.run, go()).result()
-
-
-def _execute_sql(dsn: str, sql: str) -> None:
-    async def work(con: asyncpg.Connection[asyncpg.Record]) -> None:
-        await con.execute(sql)
-
-    _admin(dsn, work)
-
-
 def _database_dsn(server_dsn: str, database: str) -> str:
     """The server's DSN (a URI) pointing at another database."""
     parts = urlsplit(server_dsn)
@@ -352,19 +315,13 @@ def _database_dsn(server_dsn: str, database: str) -> str:
 
 def _drop_database(server_dsn: str, name: str) -> None:
     """Drop a database (a template too), disconnecting whoever is still connected."""
-
-    async def work(con: asyncpg.Connection[asyncpg.Record]) -> None:
-        if await con.fetchval("SELECT datistemplate FROM pg_database WHERE datname = $1", name):
-            await con.execute(f'ALTER DATABASE "{name}" IS_TEMPLATE false')
-        await con.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-    _admin(server_dsn, work)
+    drop_database(server_dsn, name)
 
 
 def _fresh_database(server_dsn: str, template: str) -> Iterator[str]:
     """A new database cloned from `template` (its DSN) for as long as the generator runs; dropped afterwards."""
     name = f"pgflow_test_{uuid.uuid4().hex[:16]}"
-    _execute_sql(server_dsn, f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    create_database(server_dsn, name, template=template)
     try:
         yield _database_dsn(server_dsn, name)
     finally:
@@ -386,23 +343,17 @@ def _template(server_dsn: str) -> str:
     It is built under a name of its own and renamed when complete, so a half-built template is never used and
     sessions building at the same time (pytest-xdist) do not collide."""
     name = f"pgflow_trio_tmpl_{_schema_fingerprint()}"
-
-    async def state(con: asyncpg.Connection[asyncpg.Record]) -> bool | None:
-        found: bool | None = await con.fetchval("SELECT datistemplate FROM pg_database WHERE datname = $1", name)
-        return found
-
-    found = _admin(server_dsn, state)
+    found = is_template(server_dsn, name)
     if found:
         return name
     if found is not None:  # left half-built by an older version: replace it
         _drop_database(server_dsn, name)
     building = f"{name}_{uuid.uuid4().hex[:8]}"
-    _execute_sql(server_dsn, f'CREATE DATABASE "{building}" TEMPLATE template0')
+    create_database(server_dsn, building, template="template0")
     try:
         trio.run(_install_into, _database_dsn(server_dsn, building))
-        _execute_sql(server_dsn, f'ALTER DATABASE "{building}" IS_TEMPLATE true')
-        with contextlib.suppress(asyncpg.DuplicateDatabaseError):  # another session finished first: use its own
-            _execute_sql(server_dsn, f'ALTER DATABASE "{building}" RENAME TO "{name}"')
+        mark_template(server_dsn, building)
+        rename_database(server_dsn, building, name)  # False: another session finished first; use its own
     finally:
         _drop_database(server_dsn, building)
     return name

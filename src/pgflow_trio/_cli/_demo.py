@@ -26,6 +26,7 @@ from pgflow_trio._definitions._flow import Flow, map_step, step
 from pgflow_trio._exceptions import RunFailed
 from pgflow_trio._runtime import WorkerOptions
 from pgflow_trio._store._dsn import resolve_dsn
+from pgflow_trio._store._runs import retried_steps, runs_awaiting_retry
 
 
 @attrs.frozen
@@ -94,12 +95,6 @@ def _order(order_id: int) -> Order:
     return Order(order_id, items)
 
 
-_RETRY_WAITS = """SELECT count(DISTINCT run_id) FROM pgflow.step_tasks
-                  WHERE run_id = ANY($1::uuid[]) AND status = 'queued' AND attempts_count > 0"""
-_RETRIED = """SELECT run_id, step_slug, max(attempts_count) AS attempts FROM pgflow.step_tasks
-              WHERE run_id = ANY($1::uuid[]) AND attempts_count > 1 GROUP BY run_id, step_slug ORDER BY step_slug"""
-
-
 @contextlib.contextmanager
 def _quiet_logs() -> Iterator[None]:
     """The demo tells its own story: no log lines from the library (the simulated failures are expected)."""
@@ -158,7 +153,7 @@ async def _demo(runs: int, dsn: str | None, data_dir: Path | None, out: TextIO, 
         async def progress() -> None:
             shown = ""
             while True:
-                retrying = await engine.db.fetchval(_RETRY_WAITS, run_ids)
+                retrying = await engine.db.run(functools.partial(runs_awaiting_retry, run_ids=run_ids))
                 line = f"  progress: {done}/{runs} completed"
                 if retrying:
                     line += f", {retrying} waiting to retry after a failure (backoff)"
@@ -180,8 +175,8 @@ async def _demo(runs: int, dsn: str | None, data_dir: Path | None, out: TextIO, 
                     results.start_soon(wait_one, order_id, handle)
             reporter.cancel()
         retried: dict[uuid.UUID, list[str]] = {}
-        for row in await engine.db.fetch(_RETRIED, run_ids):
-            retried.setdefault(row["run_id"], []).append(f"{row['step_slug']} retried: {row['attempts']} attempts")
+        for retry in await engine.db.run(functools.partial(retried_steps, run_ids=run_ids)):
+            retried.setdefault(retry.run_id, []).append(f"{retry.step_slug} retried: {retry.attempts} attempts")
         for order_id, handle in handles:
             note = "".join(f"  ({note})" for note in retried.get(handle.run_id, []))
             print(f"  order {order_id:3}: {outcomes[order_id]}{note}", file=out)

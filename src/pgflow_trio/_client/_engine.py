@@ -15,7 +15,14 @@ import attrs
 import trio
 
 from pgflow_trio._client._events import EventHub, _Resync
-from pgflow_trio._client._manage import delete_flow, flow_from_database, health, list_flows, upsert_flow
+from pgflow_trio._client._manage import (
+    delete_flow,
+    flow_exists,
+    flow_from_database,
+    health,
+    list_flows,
+    upsert_flow,
+)
 from pgflow_trio._codec import to_json
 from pgflow_trio._definitions._flow import Definition, definition_of
 from pgflow_trio._definitions._model import FlowDef
@@ -451,9 +458,7 @@ class Engine(_Starter):
         return await flow_from_database(self.db, _slug_of(flow))
 
     async def flow_exists(self, flow: FlowRef) -> bool:
-        return bool(
-            await self.db.fetchval("SELECT EXISTS (SELECT 1 FROM pgflow.flows WHERE flow_slug = $1)", _slug_of(flow))
-        )
+        return await flow_exists(self.db, _slug_of(flow))
 
     async def delete_flow(self, flow: FlowRef, *, force: bool = False) -> dict[str, int]:
         """DELETE a flow with all its runs, tasks and its queue. Refuses while live workers serve it unless

@@ -45,9 +45,9 @@ from pgflow_trio._definitions._model import (
     StepDef,
     StepType,
     build_flow,
+    leaves_of,
 )
-from pgflow_trio._definitions._schedule import Schedule, make_schedules
-from pgflow_trio._definitions._values import encode_input
+from pgflow_trio._definitions._schedule import Schedule
 from pgflow_trio._exceptions import DefinitionError
 
 In = TypeVar("In")
@@ -457,12 +457,13 @@ def _origin(cls: type) -> str:
     return cls.__qualname__.rpartition("<locals>.")[2]
 
 
-def _with_schedules(flow: FlowDef, cron: object) -> FlowDef:
-    schedules = make_schedules(flow.slug, cron, flow.origin, lambda value: encode_input(flow, value))
-    return attrs.evolve(flow, schedules=schedules)
-
-
-def _define_flow(cls: type, slug: str | None, options: Options, localns: dict[str, Any]) -> FlowDef:
+def _define_flow(
+    cls: type,
+    slug: str | None,
+    options: Options,
+    cron: str | Schedule | Sequence[Schedule] | None,
+    localns: dict[str, Any],
+) -> FlowDef:
     origin = _origin(cls)
     args = _generic_args(cls, Flow)
     if args is None:
@@ -477,17 +478,18 @@ def _define_flow(cls: type, slug: str | None, options: Options, localns: dict[st
         params = _resolve_params(raw, by_slug, input_type, origin)
         deps = tuple(dict.fromkeys(p.source for p in params if p.source is not None))
         steps.append(StepDef(raw.slug, raw.mark.step_type, deps, raw.mark.options, raw.fn, tuple(params), raw.output))
-    flow = build_flow(
+    leaves = leaves_of(steps)
+    return build_flow(
         slug if slug is not None else _snake(cls.__name__),
         steps,
         options=options,
         origin=origin,
         input_type=input_type,
         output_type=output_type,
+        result_mode=_result_mode(output_type, tuple(steps), leaves, origin) if leaves else "raw",  # none: a cycle
+        schedules=cron,
         typed=True,
     )
-    mode = _result_mode(output_type, flow.steps, flow.leaves, origin)
-    return attrs.evolve(flow, result_mode=mode)
 
 
 class Definition(Generic[In, Out]):
@@ -536,11 +538,16 @@ class Flow(Definition[In, Out]):
         if "__pgflow__" in cls.__dict__:
             return  # attrs rebuilt the class; the definition is already resolved
         localns = dict(sys._getframe(1).f_locals)
-        flow = _define_flow(cls, slug, Options(max_attempts, base_delay, timeout), localns)
-        cls.__pgflow__ = _with_schedules(flow, cron)
+        cls.__pgflow__ = _define_flow(cls, slug, Options(max_attempts, base_delay, timeout), cron, localns)
 
 
-def _define_job(cls: type, queue: str | None, options: Options, localns: dict[str, Any]) -> FlowDef:
+def _define_job(
+    cls: type,
+    queue: str | None,
+    options: Options,
+    cron: str | Schedule | Sequence[Schedule] | None,
+    localns: dict[str, Any],
+) -> FlowDef:
     origin = _origin(cls)
     args = _generic_args(cls, Job)
     if args is None:
@@ -557,18 +564,19 @@ def _define_job(cls: type, queue: str | None, options: Options, localns: dict[st
     raw = _Raw(JOB_STEP, perform, _StepMark("single", Options()), hints, _norm(hints["return"]))
     params = _resolve_params(raw, {JOB_STEP: raw}, input_type, origin)
     step_def = StepDef(JOB_STEP, "single", (), Options(), perform, tuple(params), raw.output)
-    flow = build_flow(
+    return build_flow(
         queue if queue is not None else _snake(cls.__name__),
         [step_def],
         options=options,
         origin=origin,
         input_type=input_type,
         output_type=output_type,
+        result_mode=_result_mode(output_type, (step_def,), (JOB_STEP,), origin),
+        schedules=cron,
         is_job=True,
         typed=True,
         slug_label="queue",
     )
-    return attrs.evolve(flow, result_mode=_result_mode(output_type, flow.steps, flow.leaves, origin))
 
 
 class Job(Definition[In, Out]):
@@ -595,8 +603,7 @@ class Job(Definition[In, Out]):
         if "__pgflow__" in cls.__dict__:
             return
         localns = dict(sys._getframe(1).f_locals)
-        job = _define_job(cls, queue, Options(max_attempts, base_delay, timeout), localns)
-        cls.__pgflow__ = _with_schedules(job, cron)
+        cls.__pgflow__ = _define_job(cls, queue, Options(max_attempts, base_delay, timeout), cron, localns)
 
     async def perform(self, input: In, ctx: Context) -> Out:
         """Override: the job's work."""

@@ -13,7 +13,7 @@ import attrs
 from pgflow_trio._exceptions import DefinitionError
 
 if TYPE_CHECKING:
-    from pgflow_trio._definitions._schedule import ScheduleDef
+    from pgflow_trio._definitions._schedule import Schedule, ScheduleDef
 
 StepType = Literal["single", "map"]
 ResultMode = Literal["raw", "leaf", "record"]
@@ -110,8 +110,13 @@ class FlowDef:
     @property
     def leaves(self) -> tuple[str, ...]:
         """Steps no other step depends on: their outputs make up the run's output."""
-        used = {dep for s in self.steps for dep in s.deps}
-        return tuple(s.slug for s in self.steps if s.slug not in used)
+        return leaves_of(self.steps)
+
+
+def leaves_of(steps: Sequence[StepDef]) -> tuple[str, ...]:
+    """The slugs of the steps no other step depends on, in the order given."""
+    used = {dep for s in steps for dep in s.deps}
+    return tuple(s.slug for s in steps if s.slug not in used)
 
 
 def slug_problem(slug: object) -> str | None:
@@ -211,11 +216,16 @@ def build_flow(
     input_type: Any = Any,
     output_type: Any = Any,
     result_mode: ResultMode = "raw",
+    schedules: str | Schedule | Sequence[Schedule] | None = None,
     is_job: bool = False,
     typed: bool = False,
     slug_label: str = "flow slug",
 ) -> FlowDef:
-    """Validate and assemble a FlowDef (the only way one is made)."""
+    """Validate and assemble a FlowDef (the only way one is made).
+
+    `result_mode` says how the run's output becomes the declared output type (`leaf`: the one leaf's output,
+    `record`: an attrs class with a field per leaf; `raw`: as stored). `schedules` is `cron=` as users write it (a
+    cron string, a `Schedule`, or a list of named ones): validated here, their inputs checked against the flow."""
     if (problem := slug_problem(slug)) is not None:
         raise DefinitionError(f"{origin}: {slug_label} {slug!r} {problem}")
     check_options(options, f"{origin}, flow options", allow_start_delay=False)
@@ -237,14 +247,48 @@ def build_flow(
                 f"on {', '.join(s.deps)}; combine them in a step that returns the list to map over"
             )
     ordered = order_steps(steps, origin)
-    return FlowDef(
-        slug=slug,
-        steps=ordered,
-        options=options,
-        input_type=input_type,
-        output_type=output_type,
-        result_mode=result_mode,
-        origin=origin,
-        is_job=is_job,
-        typed=typed,
-    )
+    _check_result_mode(result_mode, output_type, leaves_of(ordered), typed=typed, origin=origin)
+    fields: dict[str, Any] = {
+        "slug": slug,
+        "steps": ordered,
+        "options": options,
+        "input_type": input_type,
+        "output_type": output_type,
+        "result_mode": result_mode,
+        "origin": origin,
+        "is_job": is_job,
+        "typed": typed,
+    }
+    if schedules is None:
+        return FlowDef(**fields)
+    return FlowDef(**fields, schedules=_schedules(FlowDef(**fields), schedules))
+
+
+def _check_result_mode(mode: object, output_type: Any, leaves: tuple[str, ...], *, typed: bool, origin: str) -> None:
+    """`mode` must fit the flow's shape: `leaf` needs one leaf, `record` an attrs output class with a field per
+    leaf; only typed flows decode their output."""
+    if mode not in ("raw", "leaf", "record"):
+        raise DefinitionError(f"{origin}: result_mode must be 'raw', 'leaf' or 'record', got {mode!r}")
+    if mode == "raw":
+        return
+    if not typed:
+        raise DefinitionError(f"{origin}: result_mode {mode!r} needs a typed flow (one with an output type)")
+    if mode == "leaf" and len(leaves) != 1:
+        raise DefinitionError(
+            f"{origin}: result_mode 'leaf' needs exactly one step nobody depends on, but there are {', '.join(leaves)}"
+        )
+    if mode == "record":
+        fields = {f.name for f in attrs.fields(output_type)} if attrs.has(output_type) else None
+        if fields != set(leaves):
+            raise DefinitionError(
+                f"{origin}: result_mode 'record' needs an attrs output class with one field per step nobody "
+                f"depends on ({', '.join(leaves)})"
+            )
+
+
+def _schedules(flow: FlowDef, cron: str | Schedule | Sequence[Schedule]) -> tuple[ScheduleDef, ...]:
+    """The validated schedules of `flow`, their inputs encoded as the flow's input."""
+    from pgflow_trio._definitions._schedule import make_schedules  # both import this module
+    from pgflow_trio._definitions._values import encode_input
+
+    return make_schedules(flow.slug, cron, flow.origin, lambda value: encode_input(flow, value))

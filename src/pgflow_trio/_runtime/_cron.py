@@ -14,7 +14,7 @@ catch-up policy (skip, or fire once). The leader also fires a pg_cron-backed sch
 from __future__ import annotations
 
 import datetime
-import json
+import functools
 import logging
 import re
 from collections.abc import Sequence
@@ -29,11 +29,12 @@ from pgflow_trio._definitions._schedule import ScheduleDef, latest_tick, next_ti
 from pgflow_trio._exceptions import PgflowError, ScheduleNotFound
 from pgflow_trio._runtime._options import CronBackend
 from pgflow_trio._store import Database
+from pgflow_trio._store import _schedules as store
+from pgflow_trio._store._schedules import StoredSchedule
 
 log = logging.getLogger("pgflow_trio.cron")
 
 LEADER_LOCK = 7_301_946_210_553_118_002
-JOB_PREFIX = "pgflow_trio:"
 
 
 @attrs.frozen
@@ -53,8 +54,7 @@ class SyncReport:
 
 
 async def pg_cron_version(db: Database) -> str | None:
-    version: str | None = await db.fetchval("SELECT extversion FROM pg_extension WHERE extname = 'pg_cron'")
-    return version
+    return await db.run(store.pg_cron_version)
 
 
 _UTC_ZONES = frozenset({"UTC", "Etc/UTC", "Etc/Universal", "Universal", "Zulu", "Etc/Zulu", "GMT", "Etc/GMT"})
@@ -122,52 +122,15 @@ async def sync_schedules(
         if warning is not None:
             log.warning("%s", warning)
             warnings.append(warning)
-    slugs = [flow.slug for flow in flows]
-    created: list[str] = []
-    updated: list[str] = []
-    unchanged: list[str] = []
-    async with db.transaction() as tx:
-        await tx.execute("SELECT pg_advisory_xact_lock($1)", LEADER_LOCK + 1)
-        rows = await tx.fetch(
-            "SELECT name, flow_slug, expression, timezone, input::text AS input, catch_up, backend "
-            "FROM pgflow_trio.schedules WHERE flow_slug = ANY($1::text[]) OR $2",
-            slugs,
-            prune,
+    changes = await db.run(
+        functools.partial(
+            store.sync_schedule_rows,
+            desired={name: (s, backends[name]) for name, s in desired.items()},
+            flow_slugs=[flow.slug for flow in flows],
+            prune=prune,
         )
-        existing = {r["name"]: r for r in rows}
-        removed = [name for name in existing if name not in desired]
-        for name in removed:
-            await tx.execute("DELETE FROM pgflow_trio.schedules WHERE name = $1", name)
-        for name, s in desired.items():
-            row = existing.get(name)
-            chosen = backends[name]
-            fields = (s.flow_slug, s.expression, s.timezone, json.dumps(s.input), s.catch_up, chosen)
-            if row is None:
-                await tx.execute(
-                    "INSERT INTO pgflow_trio.schedules "
-                    "(name, flow_slug, expression, timezone, input, catch_up, backend) "
-                    "VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7)",
-                    name,
-                    *fields,
-                )
-                created.append(name)
-            elif (
-                row["flow_slug"],
-                row["expression"],
-                row["timezone"],
-                json.loads(row["input"]),
-                row["catch_up"],
-                row["backend"],
-            ) != (s.flow_slug, s.expression, s.timezone, s.input, s.catch_up, chosen):
-                await tx.execute(
-                    "UPDATE pgflow_trio.schedules SET flow_slug = $2, expression = $3, timezone = $4, "
-                    "input = $5::jsonb, catch_up = $6, backend = $7, updated_at = clock_timestamp() WHERE name = $1",
-                    name,
-                    *fields,
-                )
-                updated.append(name)
-            else:
-                unchanged.append(name)
+    )
+    removed = changes.removed
     if installed:
         on_pg_cron = {name: s for name, s in desired.items() if backends[name] == "pg_cron"}
         not_on_pg_cron = set(removed) | {name for name in desired if name not in on_pg_cron}
@@ -175,10 +138,10 @@ async def sync_schedules(
     default = "pg_cron" if installed and backend != "builtin" else "builtin"
     return SyncReport(
         _summary(backends, default),
-        tuple(created),
-        tuple(updated),
-        tuple(removed),
-        tuple(unchanged),
+        changes.created,
+        changes.updated,
+        changes.removed,
+        changes.unchanged,
         backends,
         tuple(warnings),
     )
@@ -189,33 +152,16 @@ async def _sync_pg_cron_jobs(
 ) -> None:
     """Create or update the pg_cron jobs of `desired`; unschedule those of `unwanted` (and with `prune`, every job
     of ours that is not desired)."""
-    database = await db.fetchval("SELECT current_database()")
-    ours = await cron_db.fetch(
-        "SELECT jobid, jobname, schedule, command FROM cron.job WHERE jobname LIKE $1 AND database = $2",
-        JOB_PREFIX + "%",
-        database,
-    )
-    current = {r["jobname"]: r for r in ours}
-    stale = [
-        job
-        for job in current
-        if job.removeprefix(JOB_PREFIX) in unwanted or (prune and job.removeprefix(JOB_PREFIX) not in desired)
-    ]
-    for job_name in stale:
-        await cron_db.execute("SELECT cron.unschedule($1::bigint)", current[job_name]["jobid"])
-    for name, schedule in desired.items():
-        # The command only names the schedule, quoted by PostgreSQL itself (format %L); the input stays in a table.
-        command = await cron_db.fetchval("SELECT format('SELECT pgflow_trio.fire_schedule(%L)', $1::text)", name)
-        job = current.get(JOB_PREFIX + name)
-        if job is not None and job["schedule"] == schedule.five_field and job["command"] == command:
-            continue
-        await cron_db.execute(
-            "SELECT cron.schedule_in_database($1, $2, $3, $4)",
-            JOB_PREFIX + name,
-            schedule.five_field,
-            command,
-            database,
+    database = await db.run(store.current_database)
+    await cron_db.run(
+        functools.partial(
+            store.sync_pg_cron_jobs,
+            database=database,
+            desired={name: schedule.five_field for name, schedule in desired.items()},
+            unwanted=unwanted,
+            prune=prune,
         )
+    )
 
 
 async def remove_schedule(db: Database, name: str, *, cron_db: Database | None = None) -> bool:
@@ -223,36 +169,16 @@ async def remove_schedule(db: Database, name: str, *, cron_db: Database | None =
     default `db`). Returns whether a pg_cron job was removed too; raises ScheduleNotFound, listing the schedules
     that exist, when there is neither a schedule nor a job of that name."""
     cron_db = cron_db or db
-    async with db.transaction() as tx:
-        await tx.execute("SELECT pg_advisory_xact_lock($1)", LEADER_LOCK + 1)
-        removed_row = await tx.fetchval("DELETE FROM pgflow_trio.schedules WHERE name = $1 RETURNING true", name)
-        others = [r["name"] for r in await tx.fetch("SELECT name FROM pgflow_trio.schedules ORDER BY name")]
+    removal = await db.run(functools.partial(store.delete_schedule, name=name))
     removed_job = False
     if await pg_cron_version(cron_db) is not None:
-        database = await db.fetchval("SELECT current_database()")
-        jobid = await cron_db.fetchval(
-            "SELECT jobid FROM cron.job WHERE jobname = $1 AND database = $2", JOB_PREFIX + name, database
-        )
-        if jobid is not None:
-            await cron_db.execute("SELECT cron.unschedule($1::bigint)", jobid)
-            removed_job = True
-    if not removed_row and not removed_job:
+        database = await db.run(store.current_database)
+        removed_job = await cron_db.run(functools.partial(store.delete_pg_cron_job, name=name, database=database))
+    if not removal.removed and not removed_job:
+        others = removal.others
         existing = f"the schedules are: {', '.join(others)}" if others else "there are no schedules"
         raise ScheduleNotFound(f"there is no schedule {name!r}; {existing} (python -m pgflow_trio cron list)")
     return removed_job
-
-
-def _definition_from_row(row: Any) -> ScheduleDef:
-    expression = row["expression"]
-    return ScheduleDef(
-        name=row["name"],
-        flow_slug=row["flow_slug"],
-        expression=expression,
-        input=None,
-        timezone=row["timezone"],
-        catch_up=row["catch_up"],
-        has_seconds=not expression.startswith("@") and len(expression.split()) == 6,
-    )
 
 
 PG_CRON_HEAD_START = 15.0
@@ -308,39 +234,27 @@ async def fire_due(db: Database, *, grace: float, head_start: float = PG_CRON_HE
     pg_cron calls it with the tick `date_trunc('minute', clock_timestamp())`, the minute's UTC instant, exactly
     as the ticks computed here. Unserved schedules are not even looked at: their ticks wait, unrecorded, until a
     worker is back (then they are missed ticks like any other)."""
-    rows = await db.fetch(
-        "SELECT s.name, s.flow_slug, s.expression, s.timezone, s.catch_up, s.backend, "
-        "coalesce(s.last_tick, s.created_at) AS since, s.created_at, clock_timestamp() AS now, "
-        "ARRAY(SELECT c.tick FROM pgflow_trio.cron_ticks c WHERE c.schedule_name = s.name "
-        "      AND c.tick > clock_timestamp() - make_interval(secs => $1)) AS recorded "
-        "FROM pgflow_trio.schedules s WHERE pgflow_trio.flow_is_served(s.flow_slug)",
-        grace + head_start + 1,
-    )
     soonest: float | None = None
-    for row in rows:
-        schedule = _definition_from_row(row)
-        now: datetime.datetime = row["now"]
-        on_pg_cron = row["backend"] == "pg_cron"
+    for due in await db.run(functools.partial(store.due_schedules, recent=grace + head_start + 1)):
+        schedule = due.schedule
+        now = due.now
+        on_pg_cron = due.backend == "pg_cron"
         # pg_cron may fire a later tick before this leader fires an earlier one it missed: the window of a
         # pg_cron-backed schedule is listed from its creation, and recorded ticks are left out.
         plan = plan_ticks(
             schedule,
-            since=row["since"],
+            since=due.since,
             now=now,
             grace=grace,
             head_start=head_start if on_pg_cron else 0.0,
-            recorded=frozenset(row["recorded"]),
-            first=row["created_at"] if on_pg_cron else None,
+            recorded=due.recorded,
+            first=due.created_at if on_pg_cron else None,
         )
         if plan.skip_to is not None:
             log.warning("schedule %s skipped the ticks missed up to %s (catch_up=skip)", schedule.name, plan.skip_to)
-            await db.execute(
-                "UPDATE pgflow_trio.schedules SET last_tick = greatest(last_tick, $2) WHERE name = $1",
-                schedule.name,
-                plan.skip_to,
-            )
+            await db.run(functools.partial(store.skip_ticks, name=schedule.name, until=plan.skip_to))
         for tick in ([plan.catch_up] if plan.catch_up is not None else []) + plan.due:
-            run_id = await db.fetchval("SELECT pgflow_trio.fire_schedule($1, $2)", schedule.name, tick)
+            run_id = await db.run(functools.partial(store.fire_schedule, name=schedule.name, tick=tick))
             if run_id is not None:
                 log.info("schedule %s fired tick %s: run %s", schedule.name, tick.isoformat(), run_id)
         upcoming = next_ticks(schedule, now, 1)
@@ -427,65 +341,53 @@ def _ago(age: datetime.timedelta) -> str:
     return f"{seconds} s"
 
 
-def _orphan_reason(row: Any) -> str | None:
-    slug = row["flow_slug"]
-    if not row["flow_exists"]:
+def _orphan_reason(stored: StoredSchedule) -> str | None:
+    slug = stored.schedule.flow_slug
+    if not stored.flow_exists:
         return f"flow {slug!r} is not in the database"
-    if row["served"]:
+    if stored.served:
         return None
-    seen = row["last_seen"]
-    when = f"last worker seen {_ago(row['now'] - seen)} ago" if seen is not None else "no worker ever registered"
+    seen = stored.last_seen
+    when = f"last worker seen {_ago(stored.now - seen)} ago" if seen is not None else "no worker ever registered"
     return f"no live worker serves flow {slug!r} ({when})"
 
 
 async def list_schedules(db: Database, flows: Sequence[FlowDef] = (), count: int = 3) -> list[ScheduleStatus]:
     """Every schedule in the database with its next ticks and last run, drift against `flows`' code, and why it
     is an orphan (firing nothing) if it is one."""
-    rows = await db.fetch(
-        """SELECT s.name, s.flow_slug, s.expression, s.timezone, s.catch_up, s.backend, s.input::text AS input,
-                  clock_timestamp() AS now, t.tick AS last_tick, t.run_id AS last_run_id, r.status AS last_status,
-                  EXISTS (SELECT 1 FROM pgflow.flows f WHERE f.flow_slug = s.flow_slug) AS flow_exists,
-                  pgflow_trio.flow_is_served(s.flow_slug) AS served,
-                  (SELECT max(w.last_heartbeat_at) FROM pgflow.workers w WHERE w.queue_name = s.flow_slug)
-                    AS last_seen
-           FROM pgflow_trio.schedules s
-           LEFT JOIN LATERAL (SELECT tick, run_id FROM pgflow_trio.cron_ticks c WHERE c.schedule_name = s.name
-                              ORDER BY tick DESC LIMIT 1) t ON TRUE
-           LEFT JOIN pgflow.runs r ON r.run_id = t.run_id
-           ORDER BY s.name"""
-    )
+    stored = await db.run(store.stored_schedules)
     code = {s.name: s for flow in flows for s in flow.schedules}
     in_code_flows = {flow.slug for flow in flows}
     out = []
     seen = set()
-    for row in rows:
-        schedule = _definition_from_row(row)
+    for row in stored:
+        schedule = row.schedule
         drift: list[str] = []
-        mine = code.get(row["name"])
-        seen.add(row["name"])
+        mine = code.get(schedule.name)
+        seen.add(schedule.name)
         if mine is not None:
             for what, ours, theirs in (
-                ("expression", mine.expression, row["expression"]),
-                ("timezone", mine.timezone, row["timezone"]),
-                ("catch_up", mine.catch_up, row["catch_up"]),
-                ("input", mine.input, json.loads(row["input"])),
+                ("expression", mine.expression, schedule.expression),
+                ("timezone", mine.timezone, schedule.timezone),
+                ("catch_up", mine.catch_up, schedule.catch_up),
+                ("input", mine.input, schedule.input),
             ):
                 if ours != theirs:
                     drift.append(f"{what}: {ours!r} in code, {theirs!r} in the database")
-        elif row["flow_slug"] in in_code_flows:
+        elif schedule.flow_slug in in_code_flows:
             drift.append("not in the code any more (cron sync removes it)")
         out.append(
             ScheduleStatus(
-                row["name"],
-                row["flow_slug"],
-                row["backend"],
-                row["expression"],
-                row["timezone"],
-                row["catch_up"],
-                tuple(next_ticks(schedule, row["now"], count)),
-                row["last_tick"],
-                row["last_run_id"],
-                row["last_status"],
+                schedule.name,
+                schedule.flow_slug,
+                row.backend,
+                schedule.expression,
+                schedule.timezone,
+                schedule.catch_up,
+                tuple(next_ticks(schedule, row.now, count)),
+                row.last_tick,
+                row.last_run_id,
+                row.last_run_status,
                 tuple(drift),
                 _orphan_reason(row),
             )

@@ -44,6 +44,15 @@ from pgflow_trio._store._worker_queries import (
     release,
     wake_channel,
 )
+from pgflow_trio._store._workers import (
+    deregister_worker,
+    enable_queue_notifications,
+    extend_visibility,
+    heartbeat,
+    liveness_bound,
+    recover_stalled_tasks,
+    register_worker,
+)
 
 log = logging.getLogger("pgflow_trio.worker")
 
@@ -180,13 +189,9 @@ class Worker:
         """A worker counts as live for its flow's schedules while it heartbeats within
         `pgflow_trio.live_worker_seconds` (60 s unless set): refuse a heartbeat interval above half of that, so
         that one late or lost heartbeat does not make the schedules skip ticks."""
-        row = await self.db.fetchrow(
-            "SELECT pgflow_trio.live_worker_seconds() AS bound, "
-            "current_setting('pgflow_trio.live_worker_seconds', true) AS setting"
-        )
-        assert row is not None
-        bound: float = row["bound"]
-        setting: str | None = row["setting"]
+        liveness = await self.db.run(liveness_bound)
+        bound = liveness.seconds
+        setting = liveness.setting
         if setting and setting.strip() and _seconds(setting) != bound:
             log.warning(
                 "pgflow_trio.live_worker_seconds = %r is not a positive number of seconds; %g s apply", setting, bound
@@ -201,28 +206,16 @@ class Worker:
             )
 
     async def _register(self) -> None:
-        rows = await self.db.fetch(
-            "SELECT step_slug, coalesce(s.opt_timeout, f.opt_timeout) AS timeout FROM pgflow.steps s "
-            "JOIN pgflow.flows f USING (flow_slug) WHERE flow_slug = $1",
-            self.flow.slug,
-        )
-        if not rows:
-            raise DefinitionError(f"flow {self.flow.slug!r} does not exist in the database; start with register_flow")
-        self._timeouts = {r["step_slug"]: r["timeout"] for r in rows}
-        await self.db.execute(
-            "INSERT INTO pgflow.workers (queue_name, worker_id, function_name) VALUES ($1, $2, $3)",
-            self.flow.slug,
-            self.worker_id,
-            self.function_name,
+        self._timeouts = await self.db.run(
+            functools.partial(
+                register_worker, queue=self.flow.slug, worker_id=self.worker_id, function_name=self.function_name
+            )
         )
 
     async def _deregister(self) -> None:
         try:
             with trio.move_on_after(5):
-                await self.db.execute(
-                    "UPDATE pgflow.workers SET deprecated_at = coalesce(deprecated_at, now()) WHERE worker_id = $1",
-                    self.worker_id,
-                )
+                await self.db.run(functools.partial(deregister_worker, worker_id=self.worker_id))
         except PgflowError as exc:
             log.warning("could not mark worker %s stopped: %s", self.worker_id, exc)
 
@@ -232,11 +225,7 @@ class Worker:
         failures reported by any process). Once per queue; concurrent workers serialize on a lock. (pgmq's own
         insert notifications are not used: they stay silent for a queue name with capitals.)"""
         try:
-            async with self.db.transaction() as tx:
-                await tx.execute(
-                    "SELECT pg_advisory_xact_lock(hashtextextended('pgflow_trio:notify:' || $1, 0))", self.flow.slug
-                )
-                await tx.execute("SELECT pgflow_trio.enable_notify_visible($1)", self.flow.slug)
+            await self.db.run(functools.partial(enable_queue_notifications, queue=self.flow.slug))
             return True
         except DatabaseError as exc:
             log.warning("queue notifications unavailable (%s); polling instead", exc)
@@ -463,11 +452,7 @@ class Worker:
         while True:
             await trio.sleep(self.options.heartbeat_interval)
             try:
-                deprecated = await self.db.fetchval(
-                    "UPDATE pgflow.workers SET last_heartbeat_at = clock_timestamp() WHERE worker_id = $1 "
-                    "RETURNING deprecated_at IS NOT NULL",
-                    self.worker_id,
-                )
+                deprecated = await self.db.run(functools.partial(heartbeat, worker_id=self.worker_id))
             except PgflowError as exc:
                 log.warning("worker %s: heartbeat failed: %s", self.worker_id, exc)
                 continue
@@ -479,19 +464,19 @@ class Worker:
         while True:
             await trio.sleep(self.options.recovery_interval * random.uniform(0.5, 1.0))
             try:
-                rows = await self.db.fetch(
-                    "SELECT * FROM pgflow_trio.recover_stalled_tasks($1, $2, 100)",
-                    self.options.stale_after,
-                    self.options.timeout_grace,
+                recovered = await self.db.run(
+                    functools.partial(
+                        recover_stalled_tasks,
+                        stale_after=self.options.stale_after,
+                        timeout_grace=self.options.timeout_grace,
+                    )
                 )
             except PgflowError as exc:
                 log.warning("worker %s: recovery failed: %s", self.worker_id, exc)
                 continue
-            for row in rows:
+            for task in recovered:
                 self.stats.recovered += 1
-                log.warning(
-                    "recovered task %s/%s[%d]: %s", row["run_id"], row["step_slug"], row["task_index"], row["reason"]
-                )
+                log.warning("recovered task %s/%s[%d]: %s", task.run_id, task.step_slug, task.task_index, task.reason)
 
     async def _extend_loop(self) -> None:
         margin = self.options.extend_margin
@@ -503,11 +488,10 @@ class Worker:
                 continue
             offset = math.ceil(margin * 3)
             try:
-                await self.db.execute(
-                    "SELECT pgflow.set_vt_batch($1, $2::bigint[], $3::int[])",
-                    self.flow.slug,
-                    [r.task.msg_id for r in due],
-                    [offset] * len(due),
+                await self.db.run(
+                    functools.partial(
+                        extend_visibility, queue=self.flow.slug, msg_ids=[r.task.msg_id for r in due], seconds=offset
+                    )
                 )
             except PgflowError as exc:
                 log.warning("worker %s: extending visibility failed: %s", self.worker_id, exc)

@@ -9,6 +9,7 @@ import uuid
 from typing import Any
 
 import asyncpg
+import attrs
 
 from pgflow_trio._definitions._model import slug_problem
 from pgflow_trio._exceptions import DefinitionError, FlowNotFound
@@ -181,3 +182,32 @@ async def list_runs(
     )
     runs = tuple(_run(r) for r in rows[:limit])
     return RunPage(runs, _encode_cursor(runs[-1]) if len(rows) > limit else None)
+
+
+@attrs.frozen
+class RetriedStep:
+    """A step of a run whose task needed more than one attempt."""
+
+    run_id: uuid.UUID
+    step_slug: str
+    attempts: int
+
+
+async def runs_awaiting_retry(con: RawConnection, *, run_ids: list[uuid.UUID]) -> int:
+    """How many of `run_ids` have a task queued again after a failed attempt (waiting out pgflow's backoff)."""
+    count: int = await con.fetchval(
+        """SELECT count(DISTINCT run_id) FROM pgflow.step_tasks
+           WHERE run_id = ANY($1::uuid[]) AND status = 'queued' AND attempts_count > 0""",
+        run_ids,
+    )
+    return count
+
+
+async def retried_steps(con: RawConnection, *, run_ids: list[uuid.UUID]) -> list[RetriedStep]:
+    """The steps of `run_ids` that took more than one attempt, with the most attempts any of their tasks took."""
+    rows = await con.fetch(
+        """SELECT run_id, step_slug, max(attempts_count) AS attempts FROM pgflow.step_tasks
+           WHERE run_id = ANY($1::uuid[]) AND attempts_count > 1 GROUP BY run_id, step_slug ORDER BY step_slug""",
+        run_ids,
+    )
+    return [RetriedStep(r["run_id"], r["step_slug"], r["attempts"]) for r in rows]

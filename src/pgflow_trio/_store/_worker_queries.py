@@ -144,6 +144,16 @@ async def complete_many(con: RawConnection, *, tasks: list[ClaimedTask], payload
     )
 
 
+async def make_queued_visible(con: RawConnection, *, queue: str) -> None:
+    """Make every queued task's message of `queue` visible now (delays, start delays and retry backoffs end at
+    once), through pgmq.set_vt."""
+    await con.execute(
+        "SELECT count(*) FROM pgflow.step_tasks t, LATERAL pgmq.set_vt(t.flow_slug, t.message_id, 0) "
+        "WHERE t.flow_slug = $1 AND t.status = 'queued' AND t.message_id IS NOT NULL",
+        queue,
+    )
+
+
 async def fail(con: RawConnection, *, task: ClaimedTask, payload: str) -> None:
     """pgflow.fail_task with the error message; pgflow decides between retry (with backoff) and failure."""
     await con.execute("SELECT pgflow.fail_task($1, $2, $3, $4)", task.run_id, task.step_slug, task.task_index, payload)
