@@ -19,7 +19,7 @@ from pgflow_trio._client._manage import delete_flow, flow_from_database, health,
 from pgflow_trio._codec import to_json
 from pgflow_trio._definitions._flow import Definition, definition_of
 from pgflow_trio._definitions._model import FlowDef
-from pgflow_trio._definitions._values import decode_run_output, encode_input
+from pgflow_trio._definitions._values import decode_run_output, encode_input_json
 from pgflow_trio._exceptions import ConfigurationError, RunFailed, RunNotFound, RunTimeout, SchemaError
 from pgflow_trio._models import JSON, Event, FlowInfo, Health, JSONInput, Run, RunEvent, RunPage, Snapshot
 from pgflow_trio._runtime import ServeTarget, WorkerGroup, WorkerOptions, run_workers
@@ -206,12 +206,11 @@ class _Starter:
         definition: FlowDef | None
         if isinstance(flow, str):
             definition, slug = None, checked_slug(flow)
-            data = input
+            input_json = to_json(input, what=f"input of {slug}")
         else:
             definition = definition_of(flow)
             slug = definition.slug
-            data = encode_input(definition, input)
-        input_json = to_json(data, what=f"input of {slug}")
+            input_json = encode_input_json(definition, input)
         rid, existed = await self._run_sql(
             functools.partial(start_run, slug=slug, input_json=input_json, run_id=_as_uuid(run_id), at=at, delay=delay)
         )
