@@ -270,3 +270,24 @@ def test_good_options_are_kept() -> None:
     assert (options.concurrency, options.poll_min, options.signal, options.scheduler) == (3, 1, "poll", False)
     assert EngineOptions(connect_timeout=None).connect_timeout is None
     assert EngineOptions(connect_timeout=2, pool_size=200).pool_size == 200
+
+
+def test_user_directories_keep_their_linux_paths(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from pgflow_trio._store._dsn import default_embedded_data_dir, user_cache_dir, user_data_dir
+
+    if sys.platform != "linux":
+        pytest.skip("the platform's own directories apply")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for name in ("XDG_DATA_HOME", "XDG_CACHE_HOME", "PGFLOW_DATA_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    assert user_data_dir() == tmp_path / ".local" / "share" / "pgflow_trio"
+    assert user_cache_dir() == tmp_path / ".cache" / "pgflow_trio"
+    assert default_embedded_data_dir() == tmp_path / ".local" / "share" / "pgflow_trio" / "embedded-pg"
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert (user_data_dir(), user_cache_dir()) == (
+        tmp_path / "data" / "pgflow_trio",
+        tmp_path / "cache" / "pgflow_trio",
+    )
+    monkeypatch.setenv("PGFLOW_DATA_DIR", str(tmp_path / "pg"))
+    assert default_embedded_data_dir() == tmp_path / "pg"
