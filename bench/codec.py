@@ -4,7 +4,8 @@ complete_task: the current path against the former one (unstructure, encode to p
     python -m bench.codec [--items 20] [--rounds 7] [--number 2000]
 
 The output is a realistic record: an attrs class holding a list of `--items` nested attrs records. Prints the
-best time per encode of each path (min over rounds, so other load on the machine counts least) and their ratio.
+best time per encode of each path (the minimum over rounds in which the paths take turns, so other load on the
+machine counts least) and their ratio.
 """
 
 from __future__ import annotations
@@ -81,8 +82,14 @@ def former_path(value: Any) -> str:
     return json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
-def best(fn: Callable[[], object], rounds: int, number: int) -> float:
-    return min(timeit.repeat(fn, number=number, repeat=rounds)) / number
+def best_of_each(paths: list[Callable[[], object]], rounds: int, number: int) -> list[float]:
+    """Seconds per call of each path, the minimum over `rounds`; the paths take turns in each round, so a change
+    in the machine's load affects them alike."""
+    timings: list[list[float]] = [[] for _ in paths]
+    for _ in range(rounds):
+        for path, times in zip(paths, timings, strict=True):
+            times.append(timeit.timeit(path, number=number) / number)
+    return [min(times) for times in timings]
 
 
 def main() -> None:
@@ -100,8 +107,7 @@ def main() -> None:
 
     assert former_path(value) == current_path()
     size = len(former_path(value).encode())
-    before = best(lambda: former_path(value), args.rounds, args.number)
-    after = best(current_path, args.rounds, args.number)
+    before, after = best_of_each([lambda: former_path(value), current_path], args.rounds, args.number)
     print(f"one output: an Invoice with {args.items} nested lines, {size} bytes of JSON")
     print(f"former path   {before * 1e6:8.1f} us per output")
     print(f"current path  {after * 1e6:8.1f} us per output")
