@@ -162,3 +162,15 @@ class Long(Flow[int, int], slug="long_task", max_attempts=1, timeout=10):
     async def work(self, n: int) -> int:
         await trio.sleep(n)
         return n
+
+
+class MixedCase(Flow[int, int], slug="MixedCase", max_attempts=2, base_delay=1):
+    """A slug with capitals: pgmq names its queue table (and so its channels) in lower case. A negative input
+    fails the first attempt."""
+
+    @step
+    async def work(self, n: int, ctx: Context) -> int:
+        seen_attempts.append(ctx.attempt)
+        if n < 0 and ctx.attempt == 1:
+            raise ValueError("the first attempt fails")
+        return abs(n)

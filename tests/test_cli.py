@@ -149,3 +149,77 @@ async def test_demo(empty_dsn: str) -> None:
     assert retried.startswith("  order   7: completed") and retried.endswith("(charge retried: 2 attempts)")
     progress = [line for line in lines if "progress:" in line]
     assert len(progress) == len(set(progress))  # a line only when something changed
+
+
+async def test_connect_timeout_applies_to_the_cron_database_too(dsn: str, tmp_path: object) -> None:
+    import pathlib
+
+    spec = pathlib.Path(str(tmp_path)) / "f.json"
+    spec.write_text(json.dumps({"slug": "timed", "steps": [{"slug": "a"}], "cron": "0 * * * *"}))
+
+    async def silent(stream: trio.SocketStream) -> None:
+        await trio.sleep_forever()
+
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(functools.partial(trio.serve_tcp, silent, 0, host="127.0.0.1"))
+            port = listeners[0].socket.getsockname()[1]
+            cron_dsn = f"postgresql://u@127.0.0.1:{port}/db"
+            for args in (("cron", "sync", str(spec)), ("cron", "remove", "timed"), ("worker", "tests/flows.py:Echo")):
+                code, _, err = await _cli(*args, "--dsn", dsn, "--cron-dsn", cron_dsn, "--connect-timeout", "0.5")
+                assert (
+                    code == 2 and f"127.0.0.1:{port} accepted the connection but did not answer within 0.5s" in err
+                ), (
+                    args,
+                    err,
+                )
+            nursery.cancel_scope.cancel()
+
+
+async def test_cron_list_says_what_makes_an_orphan_fire_before_how_to_delete_it(dsn: str, tmp_path: object) -> None:
+    import pathlib
+
+    spec = pathlib.Path(str(tmp_path)) / "f.json"
+    spec.write_text(json.dumps({"slug": "daily", "steps": [{"slug": "a"}], "cron": "0 6 * * *"}))
+    with trio.fail_after(60):
+        code, _, err = await _cli("cron", "sync", str(spec), "--dsn", dsn)
+        assert code == 0, err
+        code, out, err = await _cli("cron", "list", "--dsn", dsn)
+    assert code == 0, err
+    assert (
+        "    orphan: flow 'daily' is not in the database; it fires nothing until a worker serves flow 'daily' "
+        "(or `cron remove daily` deletes it)"
+    ) in out.splitlines(), out
+
+
+async def test_cron_sync_backend_is_the_workers_setting(dsn: str, tmp_path: object) -> None:
+    import pathlib
+    import typing
+
+    from pgflow_trio._cli._commands import build_parser
+    from pgflow_trio._runtime import CronBackend
+
+    parser = build_parser()
+    for flag in ("--cron-backend", "--backend"):
+        assert parser.parse_args(["cron", "sync", "f.json", flag, "builtin"]).cron_backend == "builtin"
+    sync = parser._subparsers._group_actions[0].choices["cron"]._subparsers._group_actions[0].choices["sync"]  # type: ignore[union-attr]
+    (action,) = [a for a in sync._actions if a.dest == "cron_backend"]
+    assert tuple(action.choices) == typing.get_args(CronBackend)
+
+    spec = pathlib.Path(str(tmp_path)) / "f.json"
+    spec.write_text(json.dumps({"slug": "envcron", "steps": [{"slug": "a"}], "cron": "0 * * * *"}))
+    with trio.fail_after(60):
+        code, _, err = await _cli_env("cron", "sync", str(spec), "--dsn", dsn, PGFLOW_CRON_BACKEND="sometimes")
+        assert code == 2 and "$PGFLOW_CRON_BACKEND='sometimes': expected one of auto, builtin, pg_cron" in err, err
+        code, _, err = await _cli_env("cron", "sync", str(spec), "--dsn", dsn, PGFLOW_CRON_BACKEND="pg_cron")
+        assert code == 0, err
+        assert "pg_cron" in err  # asked for pg_cron, which this database lacks: a warning says so
+        code, _, err = await _cli_env(
+            "cron", "sync", str(spec), "--dsn", dsn, "--backend", "builtin", PGFLOW_CRON_BACKEND="pg_cron"
+        )
+        assert code == 0 and err == "", err  # the flag wins over the environment
+
+
+async def _cli_env(*args: str, **env: str) -> tuple[int, str, str]:
+    result = await trio.to_thread.run_sync(functools.partial(cli, *args, env=env))
+    return result.returncode, result.stdout, result.stderr

@@ -50,6 +50,17 @@ async def _cli(*args: str, env: dict[str, str] | None = None, stdin: str | None 
         ("host=localhost port=abc password=s3cret", "port 'abc' is not a number"),
         ("mysql://me:s3cret@localhost/db", "expected postgresql://"),
         ("postgresql://me:s3cret@localhost/db?connect_timeout=soon", "connect_timeout 'soon' is not a number"),
+        (
+            "postgresql://me:s3cret@localhost/db?target_session_attrs=bogus",
+            "target_session_attrs must be one of any, primary, standby, prefer-standby, read-write, read-only, "
+            "got 'bogus'",
+        ),
+        ("host=localhost password=s3cret gsslib=krb", "gsslib must be one of gssapi, sspi, got 'krb'"),
+        ("postgresql://me:s3cret@localhost/db?sslnegotiation=maybe", "sslnegotiation must be one of postgres, direct"),
+        (
+            "postgresql://me:s3cret@localhost/db?ssl_max_protocol_version=TLSv9",
+            "ssl_max_protocol_version must be one of TLSv1, TLSv1.1, TLSv1.2, TLSv1.3, got 'TLSv9'",
+        ),
     ],
 )
 async def test_an_invalid_dsn_is_named_without_its_password(dsn: str, message: str) -> None:
@@ -59,6 +70,39 @@ async def test_an_invalid_dsn_is_named_without_its_password(dsn: str, message: s
         assert "s3cret" not in err
         if env:
             assert "PGFLOW_DSN" in err
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"PGPORT": "abc"}, "error: $PGPORT='abc': port 'abc' is not a number"),
+        ({"PGPORT": "5432,5433"}, "error: $PGPORT='5432,5433': the embedded PostgreSQL listens on one port"),
+        ({"PGPORT": "0"}, "error: $PGPORT='0': port 0 is out of range (1-65535)"),
+        ({"PGSSLMODE": "sure"}, "error: $PGSSLMODE='sure': sslmode must be one of disable, allow, prefer, require"),
+        ({"PGTARGETSESSIONATTRS": "bogus"}, "error: $PGTARGETSESSIONATTRS='bogus': target_session_attrs must be"),
+    ],
+)
+async def test_a_wrong_pg_variable_is_named_before_the_embedded_server_starts(
+    env: dict[str, str], message: str, tmp_path: Path
+) -> None:
+    code, _, err = await _cli("runs", "list", "--data-dir", str(tmp_path / "pg"), env={"PGFLOW_DSN": "", **env})
+    assert code == 2 and err.startswith(message) and err.count("\n") == 1, err
+    assert not (tmp_path / "pg").exists()  # nothing was started
+
+
+@pytest.mark.parametrize(
+    ("dsn", "env", "message"),
+    [
+        ("postgresql:///db", {"PGHOST": "dbhost:abc"}, "$PGHOST='dbhost:abc': port 'abc' is not a number"),
+        ("postgresql://u@localhost/db", {"PGPORT": "99999"}, "$PGPORT='99999': port 99999 is out of range"),
+        ("postgresql://u@localhost/db", {"PGGSSLIB": "krb"}, "$PGGSSLIB='krb': gsslib must be one of gssapi, sspi"),
+    ],
+)
+async def test_a_wrong_pg_variable_that_the_dsn_leaves_to_asyncpg_is_named(
+    dsn: str, env: dict[str, str], message: str
+) -> None:
+    code, _, err = await _cli("runs", "list", "--dsn", dsn, env=env)
+    assert code == 2 and message in err and err.count("\n") == 1, err
 
 
 async def _serve_tcp(handler: object, nursery: trio.Nursery) -> int:
@@ -164,21 +208,101 @@ async def test_environment_values_are_read_when_used_and_named_when_wrong() -> N
     assert code == 2 and "$PGFLOW_CONNECT_TIMEOUT='abc': expected a number" in err, err
 
 
+# Options fields with no command-line setting, on purpose: library-level tuning, or set by a dedicated flag.
+NOT_SETTINGS = {
+    "WorkerOptions": {
+        "poll_min": "tuning of the poll back-off (library)",
+        "poll_max": "tuning of the poll back-off (library)",
+        "poll_seconds": "tuning of read_with_poll (library)",
+        "fallback_poll": "safety-net poll interval (library)",
+        "read_visibility": "visibility of a read, extended while a task runs (library)",
+        "extend_margin": "when to extend a running task's visibility (library)",
+        "timeout_grace": "recovery margin past a task's timeout (library)",
+        "scheduler_grace": "how old a missed tick may be and still fire (library)",
+        "register_flow": "the worker command always registers its flows",
+        "sync_schedules": "the worker command always syncs its schedules (cron sync does it by hand)",
+        "scheduler": "--no-scheduler",
+    },
+    "EngineOptions": {
+        "pool_size": "each command opens a small pool of its own",
+        "events": "each command decides whether it listens",
+        "recheck_interval": "start --wait uses the default (library)",
+        "poll_interval": "start --wait uses the default (library)",
+        "check_schema": "each command decides (health checks the schema itself)",
+        "data_dir": "--data-dir, or $PGFLOW_DATA_DIR",
+    },
+}
+
+
+def _settings_in_help() -> list[tuple[str, str, str]]:
+    """(command, env variable, default shown) for every flag whose help names an environment variable."""
+    import argparse
+    import re
+
+    from pgflow_trio._cli._commands import build_parser
+
+    found = []
+
+    def walk(parser: argparse.ArgumentParser, command: str) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    walk(sub, f"{command} {name}".strip())
+            elif action.help and (match := re.search(r"\(\$(\w+), default ([^)]+)\)", action.help)):
+                found.append((command, match.group(1), match.group(2)))
+
+    walk(build_parser(), "")
+    return found
+
+
 def test_cli_defaults_come_from_the_options_classes() -> None:
     import attrs
 
-    from pgflow_trio import WorkerOptions
-    from pgflow_trio._cli._commands import WORKER_SETTINGS, build_parser
-
-    fields = attrs.fields_dict(WorkerOptions)
-    worker_help = next(
-        action
-        for action in build_parser()._subparsers._group_actions[0].choices["worker"]._actions  # type: ignore[union-attr]
-        if action.dest == "concurrency"
+    from pgflow_trio import EngineOptions, WorkerOptions
+    from pgflow_trio._cli._commands import (
+        CONNECT_TIMEOUT,
+        CRON_BACKEND,
+        STALE_AFTER,
+        WORKER_SETTINGS,
+        _convert,
+        _value_type,
     )
-    assert worker_help.default is None  # the options class supplies it when the command runs
-    for setting in WORKER_SETTINGS:
-        assert setting.field in fields
+
+    worker_settings = {s.env: (WorkerOptions, s) for s in (*WORKER_SETTINGS, CRON_BACKEND)}
+    engine_settings = {s.env: (EngineOptions, s) for s in (CONNECT_TIMEOUT, STALE_AFTER)}
+
+    def owner(command: str, env: str) -> tuple[type, Any]:
+        # Worker and health both have --stale-after ($PGFLOW_STALE_AFTER): the workers' and the engine's.
+        return engine_settings[env] if env == CONNECT_TIMEOUT.env or command == "health" else worker_settings[env]
+
+    shown = _settings_in_help()
+    used = {(options, setting) for options, setting in (owner(command, env) for command, env, _ in shown)}
+    assert used == set(worker_settings.values()) | set(engine_settings.values())  # every setting is a flag
+    for command, env, text in shown:
+        options, setting = owner(command, env)
+        default = attrs.fields_dict(options)[setting.field].default
+        value = None if text == "none" else _convert(text, _value_type(options, setting.field))
+        assert value == default, (command, setting.flag, text, default)
+    assert ("cron sync", "PGFLOW_CRON_BACKEND", "auto") in shown and ("worker", "PGFLOW_CRON_BACKEND", "auto") in shown
+
+    for options in (WorkerOptions, EngineOptions):
+        with_setting = {setting.field for o, setting in used if o is options}
+        without = {f.name for f in attrs.fields(options)} - with_setting
+        assert without == set(NOT_SETTINGS[options.__name__]), options
+
+
+def test_health_max_age_default_is_health_checks() -> None:
+    import inspect
+
+    from pgflow_trio import Engine
+    from pgflow_trio._cli._commands import build_parser
+
+    default = inspect.signature(Engine.health_check).parameters["max_age"].default
+    parser = build_parser()
+    assert parser.parse_args(["health"]).max_age == default
+    health = parser._subparsers._group_actions[0].choices["health"]  # type: ignore[union-attr]
+    (max_age,) = [action for action in health._actions if "--max-age" in action.option_strings]
+    assert f"(default {default:g})" in (max_age.help or "")
 
 
 async def test_a_large_input_from_a_file_or_stdin(dsn: str, tmp_path: Path) -> None:
@@ -198,6 +322,70 @@ async def test_a_large_input_from_a_file_or_stdin(dsn: str, tmp_path: Path) -> N
                 assert run.input == big
         code, _, err = await _cli("start", "echo", "--input", "-", "--dsn", dsn, stdin="{nope")
         assert code == 2 and "--input - (stdin) is not valid JSON" in err
+
+
+NOWHERE = "postgresql://u@127.0.0.1:1/x"  # nothing listens there: the errors below come before any connection
+
+
+async def test_input_without_stdin_without_a_file_name_or_with_nan_is_one_error_line(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "pgflow_trio", "start", "echo", "--input", "-", "--dsn", NOWHERE]
+    closed = await trio.to_thread.run_sync(
+        functools.partial(
+            subprocess.run,
+            ["sh", "-c", 'exec "$@" <&-', "sh", *command],  # stdin closed: Python's sys.stdin is None
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+            cwd=ROOT,
+        )
+    )
+    assert closed.returncode == 2 and "Traceback" not in closed.stderr, closed.stderr
+    assert closed.stderr.startswith("error: --input -: this process has no stdin"), closed.stderr
+    nan_file = tmp_path / "nan.json"
+    nan_file.write_text('{"a": [Infinity]}')
+    cases = [
+        (("--input", "@"), {}, "error: --input @: name the file after the @ (--input @input.json)"),
+        (("--input", "NaN"), {}, "error: --input is not valid JSON: NaN is not JSON"),
+        (("--input", '{"a": -Infinity}'), {}, "error: --input is not valid JSON: -Infinity is not JSON"),
+        (("--input", f"@{nan_file}"), {}, f"error: --input @{nan_file} is not valid JSON: Infinity is not JSON"),
+        (("--input", "-"), {"stdin": "[NaN]"}, "error: --input - (stdin) is not valid JSON: NaN is not JSON"),
+    ]
+    for args, extra, message in cases:
+        code, _, err = await _cli("start", "echo", *args, "--dsn", NOWHERE, **extra)
+        assert code == 2 and err.startswith(message) and err.count("\n") == 1, (args, err)
+
+
+async def test_a_spec_file_with_nan_is_refused_by_every_command_that_reads_one(tmp_path: Path) -> None:
+    spec = tmp_path / "nan.json"
+    spec.write_text(
+        json.dumps({"slug": "nan_flow", "steps": [{"slug": "a"}], "cron": "* * * * *"})[:-1] + ', "x": NaN}'
+    )
+    for args in (
+        ("flows", "upsert", str(spec), "--dsn", NOWHERE),
+        ("cron", "sync", str(spec), "--dsn", NOWHERE),
+        ("cron", "list", str(spec), "--dsn", NOWHERE),
+        ("compile", str(spec)),
+    ):
+        code, _, err = await _cli(*args)
+        assert code == 2 and f"{spec}: not valid JSON: NaN is not JSON" in err and err.count("\n") == 1, (args, err)
+
+
+def test_a_dsns_own_connect_timeout_wins_over_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pgflow_trio import ConfigurationError
+    from pgflow_trio._cli._commands import _connect_timeout, build_parser
+    from pgflow_trio._store._dsn import connect_timeout_from, parse_dsn
+
+    monkeypatch.setenv("PGFLOW_CONNECT_TIMEOUT", "7")
+    args = build_parser().parse_args(["runs", "list"])
+    assert _connect_timeout(args) is None  # left to each DSN, then the variable, where the connection opens
+    assert connect_timeout_from(None, parse_dsn("postgresql://h/db?connect_timeout=2")) == 2
+    assert connect_timeout_from(None, parse_dsn("postgresql://h/db")) == 7
+    flagged = build_parser().parse_args(["runs", "list", "--connect-timeout", "3"])
+    assert _connect_timeout(flagged) == 3
+    monkeypatch.setenv("PGFLOW_CONNECT_TIMEOUT", "soon")
+    with pytest.raises(ConfigurationError, match="PGFLOW_CONNECT_TIMEOUT"):
+        _connect_timeout(args)
 
 
 # ---- options: one source for validation, defaults and help ----------------------------------------------------

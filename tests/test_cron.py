@@ -10,12 +10,13 @@ import json
 import logging
 import uuid
 import zoneinfo
-from typing import Any
+from typing import Any, get_args
 
 import attrs
 import pytest
 import trio
 
+import pgflow_trio._runtime._cron
 from pgflow_trio import (
     ConfigurationError,
     Context,
@@ -29,12 +30,14 @@ from pgflow_trio import (
 )
 from pgflow_trio._definitions._schedule import ScheduleDef, ticks_between
 from pgflow_trio._exceptions import ScheduleNotFound
-from pgflow_trio._runtime import WorkerGroup, WorkerOptions, run_workers, serve
+from pgflow_trio._runtime import CronBackend, WorkerGroup, WorkerOptions, run_workers, serve
 from pgflow_trio._runtime._cron import (
     Scheduler,
+    backend_for,
     fire_due,
     list_schedules,
     pg_cron_problem,
+    plan_ticks,
     remove_schedule,
     sync_schedules,
 )
@@ -244,20 +247,66 @@ async def test_catch_up_after_downtime(dsn: str, policy: str, expected_runs: int
             "cron": {"schedule": "* * * * *", "input": {"p": policy}, "catch_up": policy},
         }
     )
-    async with open_database(dsn, max_size=2) as db:
-        from pgflow_trio._store._registry import ensure_flow
+    with trio.fail_after(30):
+        async with open_database(dsn, max_size=2) as db:
+            from pgflow_trio._store._registry import ensure_flow
 
-        await ensure_flow(db, flow)
-        await _live_worker(db, "hourly_report")
-        await sync_schedules(db, [flow], backend="builtin")
-        await db.execute("UPDATE pgflow_trio.schedules SET last_tick = clock_timestamp() - interval '3 hours'")
-        await fire_due(db, grace=1.0)
-        runs = await db.fetchval("SELECT count(*) FROM pgflow.runs WHERE flow_slug = 'hourly_report'")
-        last = await db.fetchval("SELECT clock_timestamp() - last_tick FROM pgflow_trio.schedules")
-        await fire_due(db, grace=1.0)  # nothing new is due: nothing more fires
-        again = await db.fetchval("SELECT count(*) FROM pgflow.runs WHERE flow_slug = 'hourly_report'")
+            await ensure_flow(db, flow)
+            await _live_worker(db, "hourly_report")
+            await sync_schedules(db, [flow], backend="builtin")
+            await db.execute("UPDATE pgflow_trio.schedules SET last_tick = clock_timestamp() - interval '3 hours'")
+            await fire_due(db, grace=1.0)
+            runs = await db.fetchval("SELECT count(*) FROM pgflow.runs WHERE flow_slug = 'hourly_report'")
+            last = await db.fetchval("SELECT clock_timestamp() - last_tick FROM pgflow_trio.schedules")
+            await fire_due(db, grace=1.0)  # nothing new is due: nothing more fires
+            again = await db.fetchval("SELECT count(*) FROM pgflow.runs WHERE flow_slug = 'hourly_report'")
     assert runs == again == expected_runs
     assert last < datetime.timedelta(minutes=2)
+
+
+async def test_catch_up_once_after_two_days_fires_one_run_and_the_ticks_in_grace_in_one_pass(dsn: str) -> None:
+    from pgflow_trio._store._registry import ensure_flow
+
+    flow = flow_from_spec(
+        {"slug": "per_second", "steps": [{"slug": "a"}], "cron": {"schedule": "* * * * * *", "catch_up": "once"}}
+    )
+    with trio.fail_after(30):
+        async with open_database(dsn, max_size=2) as db:
+            await ensure_flow(db, flow)
+            await _live_worker(db, "per_second")
+            await sync_schedules(db, [flow], backend="builtin")
+            await db.execute("UPDATE pgflow_trio.schedules SET last_tick = clock_timestamp() - interval '2 days'")
+            before = await db.fetchval("SELECT clock_timestamp()")
+            await fire_due(db, grace=5.0)
+            after = await db.fetchval("SELECT clock_timestamp()")
+            ticks = [t for t, _ in await _ticks(db, "per_second")]
+            runs = await db.fetchval("SELECT count(*) FROM pgflow.runs WHERE flow_slug = 'per_second'")
+            last_tick = await db.fetchval("SELECT last_tick FROM pgflow_trio.schedules")
+    # the catch-up run (the latest tick before the 5 s window) and the five ticks within it, all in that one pass
+    assert runs == len(ticks) == 6 and _contiguous_seconds(ticks), ticks
+    assert before - datetime.timedelta(seconds=1) < ticks[-1] <= after and last_tick == ticks[-1]
+
+
+def test_a_scheduler_pass_looks_only_at_the_grace_window_and_the_tick_before_it() -> None:
+    now = datetime.datetime(2026, 5, 4, 12, 0, 0, 500_000, tzinfo=UTC)
+    every_second = attrs.evolve(_schedule("* * * * * *"), catch_up="once")
+    plan = plan_ticks(every_second, since=now - datetime.timedelta(days=400), now=now, grace=3.0)
+    second = datetime.timedelta(seconds=1)
+    top = now.replace(microsecond=0)
+    assert (plan.catch_up, plan.skip_to, plan.due) == (top - 3 * second, None, [top - 2 * second, top - second, top])
+    skip = plan_ticks(_schedule("0 9 * * *"), since=now - datetime.timedelta(days=9), now=now, grace=60.0)
+    assert (skip.catch_up, skip.skip_to, skip.due) == (None, top.replace(hour=9), [])
+    # a tick already recorded (pg_cron fired it) and one younger than the head start are left alone
+    minutes = _schedule("* * * * *")
+    recorded = frozenset({top - datetime.timedelta(minutes=1)})
+    pg = plan_ticks(
+        minutes, since=now - datetime.timedelta(minutes=3), now=now, grace=300, head_start=15, recorded=recorded
+    )
+    assert pg.due == [top - datetime.timedelta(minutes=2)]
+    # pg_cron gets a head start on a tick; the built-in scheduler fires its own on time
+    early = top + 10 * second
+    assert plan_ticks(minutes, since=top - 60 * second, now=early, grace=300, head_start=15).due == []
+    assert plan_ticks(minutes, since=top - 60 * second, now=early, grace=300).due == [top]
 
 
 async def test_a_worker_runs_a_flow_declared_with_cron_on_schedule(dsn: str) -> None:
@@ -290,16 +339,20 @@ async def test_sync_updates_and_removes_schedules(dsn: str) -> None:
     second = flow_from_spec(
         {"slug": "syncme", "steps": [{"slug": "a"}], "cron": [{"schedule": "10 * * * *", "name": "a"}]}
     )
-    async with open_database(dsn, max_size=2) as db:
-        report = await sync_schedules(db, [first], backend="builtin")
-        assert sorted(report.created) == ["syncme__a", "syncme__b"]
-        report = await sync_schedules(db, [second], backend="builtin")
-        assert (report.updated, report.removed) == (("syncme__a",), ("syncme__b",))
-        assert (await sync_schedules(db, [second], backend="builtin")).unchanged == ("syncme__a",)
-        status, missing = await list_schedules(db, [first])
-        assert status.drift == ("expression: '0 * * * *' in code, '10 * * * *' in the database",)
-        assert (missing.name, missing.drift) == ("syncme__b", ("in the code but not in the database (run cron sync)",))
-        assert len(status.next_ticks) == 3 and all(t.minute == 10 for t in status.next_ticks)
+    with trio.fail_after(30):
+        async with open_database(dsn, max_size=2) as db:
+            report = await sync_schedules(db, [first], backend="builtin")
+            assert sorted(report.created) == ["syncme__a", "syncme__b"]
+            report = await sync_schedules(db, [second], backend="builtin")
+            assert (report.updated, report.removed) == (("syncme__a",), ("syncme__b",))
+            assert (await sync_schedules(db, [second], backend="builtin")).unchanged == ("syncme__a",)
+            status, missing = await list_schedules(db, [first])
+            assert status.drift == ("expression: '0 * * * *' in code, '10 * * * *' in the database",)
+            assert (missing.name, missing.drift) == (
+                "syncme__b",
+                ("in the code but not in the database (run cron sync)",),
+            )
+            assert len(status.next_ticks) == 3 and all(t.minute == 10 for t in status.next_ticks)
 
 
 def test_cron_cli_sync_and_list(dsn: str, tmp_path: Any) -> None:
@@ -316,7 +369,9 @@ def test_cron_cli_sync_and_list(dsn: str, tmp_path: Any) -> None:
     assert "last: never" in listed.stdout and "drift" not in listed.stdout
     # Nobody serves the flow: the schedule is an orphan, and `cron remove` deletes it.
     assert "orphan: no live worker serves flow 'clicron'" in listed.stdout
-    assert "(cron remove clicron deletes it)" in listed.stdout
+    assert (
+        "it fires nothing until a worker serves flow 'clicron' (or `cron remove clicron` deletes it)" in listed.stdout
+    )
     removed = cli("cron", "remove", "clicron", "--dsn", dsn)
     assert (removed.returncode, removed.stdout.strip()) == (0, "removed schedule clicron"), removed.stderr
     assert run_sql(dsn, "SELECT count(*) FROM pgflow_trio.schedules") == [(0,)]
@@ -384,17 +439,72 @@ async def test_pg_cron_schedules_start_flows_exactly_once_per_tick(cron_dsn: str
             assert not await cron_db.fetchval("SELECT count(*) FROM cron.job WHERE jobname LIKE 'pgflow_trio:%'")
 
 
+async def _at_second_16_to_45(db: Database) -> None:
+    """Wait until this minute's tick is older than pg_cron's head start and the next minute is far enough away."""
+    second = await db.fetchval("SELECT extract(second FROM clock_timestamp())::float8")
+    if not 16 <= second <= 45:
+        await trio.sleep((16 - second) % 60)
+
+
+async def test_the_built_in_leader_fires_pg_cron_ticks_missed_within_the_grace_never_those_pg_cron_fired(
+    cron_dsn: str, cron_empty_dsn: str
+) -> None:
+    run_sql(cron_dsn, "CREATE EXTENSION IF NOT EXISTS pg_cron")
+    from pgflow_trio._store._registry import ensure_flow
+
+    flow = flow_from_spec({"slug": "pgcron_missed", "steps": [{"slug": "a"}], "cron": "* * * * *"})
+    with trio.fail_after(120):
+        async with open_database(cron_empty_dsn, max_size=3) as db, open_database(cron_dsn, max_size=2) as cron_db:
+            await install(db)
+            await ensure_flow(db, flow)
+            assert (await sync_schedules(db, [flow], cron_db=cron_db)).backends == {"pgcron_missed": "pg_cron"}
+            command = await cron_db.fetchval("SELECT command FROM cron.job WHERE jobname = 'pgflow_trio:pgcron_missed'")
+            await _at_second_16_to_45(db)
+            # The schedule has existed for three minutes with no worker serving the flow: pg_cron's calls (the job's
+            # command, exactly as pg_cron runs it) fired nothing and recorded nothing.
+            await db.execute("UPDATE pgflow_trio.schedules SET created_at = clock_timestamp() - interval '3 minutes'")
+            assert await db.fetchval(command) is None
+            await _live_worker(db, "pgcron_missed")
+            # A worker is back: pg_cron fires this minute's tick; the built-in leader fires the two it missed.
+            this_minute = await db.fetchval("SELECT date_trunc('minute', clock_timestamp())")
+            by_pg_cron = await db.fetchval(command)
+            assert by_pg_cron is not None or await _ticks(db, "pgcron_missed")  # (or pg_cron itself just did)
+            await fire_due(db, grace=300.0)
+            await fire_due(db, grace=300.0)
+            ticks = await _ticks(db, "pgcron_missed")
+            runs = await db.fetchval("SELECT count(*) FROM pgflow.runs WHERE flow_slug = 'pgcron_missed'")
+    minute = datetime.timedelta(minutes=1)
+    assert [t for t, _ in ticks] == [this_minute - 2 * minute, this_minute - minute, this_minute]
+    assert runs == 3 and by_pg_cron in (None, ticks[-1][1])
+
+
 async def test_pg_cron_is_chosen_only_where_it_is_installed(dsn: str, caplog: pytest.LogCaptureFixture) -> None:
     flow = flow_from_spec({"slug": "wants_pg_cron", "steps": [{"slug": "a"}], "cron": "@hourly"})
-    async with open_database(dsn, max_size=1) as db:
-        from pgflow_trio._runtime._cron import choose_backend
-
-        assert await choose_backend(db, "auto") == "builtin"
-        assert await choose_backend(db, "pg_cron") == "builtin"
-        report = await sync_schedules(db, [flow], backend="pg_cron")
+    with trio.fail_after(30):
+        async with open_database(dsn, max_size=1) as db:
+            assert (await sync_schedules(db, [flow], backend="auto")).backends == {"wants_pg_cron": "builtin"}
+            assert caplog.records == []
+            report = await sync_schedules(db, [flow], backend="pg_cron")
     assert (report.backend, report.backends) == ("builtin", {"wants_pg_cron": "builtin"})
     assert report.warnings == ("schedule wants_pg_cron: pg_cron is not installed; it runs on the built-in scheduler",)
     assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == list(report.warnings)
+
+
+def test_each_schedule_gets_its_backend_from_one_preference_type() -> None:
+    plain, berlin = _schedule("0 9 * * *"), _schedule("0 9 * * *", "Europe/Berlin")
+    assert [backend_for(plain, preference, True)[0] for preference in get_args(CronBackend)] == [
+        "pg_cron",
+        "builtin",
+        "pg_cron",
+    ]
+    assert backend_for(plain, "auto", False) == ("builtin", None)
+    assert backend_for(berlin, "auto", True) == ("builtin", None)
+    assert backend_for(berlin, "pg_cron", True)[0] == "builtin"
+    # one spelling of the choices: the option's type, also used by the cron module
+    assert pgflow_trio._runtime._cron.CronBackend is CronBackend
+    assert not hasattr(pgflow_trio._runtime._cron, "Backend") and not hasattr(
+        pgflow_trio._runtime._cron, "choose_backend"
+    )
 
 
 def test_worker_options_for_cron() -> None:
@@ -447,22 +557,28 @@ async def test_a_schedule_fires_only_while_a_live_worker_serves_its_flow(dsn: st
 
     flow = flow_from_spec({"slug": "owned", "steps": [{"slug": "a"}], "cron": "* * * * *"})
     tick = datetime.datetime(2026, 1, 1, tzinfo=UTC)
-    async with open_database(dsn, max_size=2) as db:
-        await sync_schedules(db, [flow])
-        assert await _fire(db, "owned", tick) is None  # the flow is not even in the database
-        await ensure_flow(db, flow)
-        assert await _fire(db, "owned", tick) is None  # nobody serves it
-        await _live_worker(db, "owned", deprecated=True)
-        await _live_worker(db, "owned", age=120)
-        assert await _fire(db, "owned", tick) is None  # a stopped worker and a silent one do not count
-        assert await db.fetchval("SELECT count(*) FROM pgflow_trio.cron_ticks") == 0
-        await _live_worker(db, "owned", age=20)
-        async with db.transaction() as tx:  # the liveness bound is a setting (60 s unless set)
-            await tx.execute("SET LOCAL pgflow_trio.live_worker_seconds = '10'")
-            assert await tx.fetchval("SELECT pgflow_trio.fire_schedule('owned', $1)", tick) is None
-        assert await _fire(db, "owned", tick) is not None
-        assert await _fire(db, "owned", tick) is None  # each tick fires once
-        assert await db.fetchval("SELECT count(*) FROM pgflow.runs WHERE flow_slug = 'owned'") == 1
+    with trio.fail_after(30):
+        async with open_database(dsn, max_size=2) as db:
+            await sync_schedules(db, [flow])
+            assert await _fire(db, "owned", tick) is None  # the flow is not even in the database
+            await ensure_flow(db, flow)
+            assert await _fire(db, "owned", tick) is None  # nobody serves it
+            await _live_worker(db, "owned", deprecated=True)
+            await _live_worker(db, "owned", age=120)
+            assert await _fire(db, "owned", tick) is None  # a stopped worker and a silent one do not count
+            assert await db.fetchval("SELECT count(*) FROM pgflow_trio.cron_ticks") == 0
+            await _live_worker(db, "owned", age=20)
+            async with db.transaction() as tx:  # the liveness bound is a setting (60 s unless set)
+                await tx.execute("SET LOCAL pgflow_trio.live_worker_seconds = '10'")
+                assert await tx.fetchval("SELECT pgflow_trio.fire_schedule('owned', $1)", tick) is None
+            for bad in ("soon", "-5", "0", ""):  # not a positive number of seconds: 60 s, and no error
+                async with db.transaction() as tx:
+                    await tx.execute(f"SET LOCAL pgflow_trio.live_worker_seconds = '{bad}'")
+                    assert await tx.fetchval("SELECT pgflow_trio.live_worker_seconds()") == 60
+                    assert await tx.fetchval("SELECT pgflow_trio.flow_is_served('owned')")
+            assert await _fire(db, "owned", tick) is not None
+            assert await _fire(db, "owned", tick) is None  # each tick fires once
+            assert await db.fetchval("SELECT count(*) FROM pgflow.runs WHERE flow_slug = 'owned'") == 1
 
 
 async def test_schedulers_leave_unserved_flows_alone_and_catch_up_when_a_worker_returns(dsn: str) -> None:
@@ -505,13 +621,14 @@ async def test_list_schedules_reports_orphans_with_a_reason(dsn: str) -> None:
         slug: flow_from_spec({"slug": slug, "steps": [{"slug": "a"}], "cron": "0 * * * *"})
         for slug in ("gone", "idle", "retired", "served")
     }
-    async with open_database(dsn, max_size=2) as db:
-        await sync_schedules(db, list(specs.values()))
-        for slug in ("idle", "retired", "served"):
-            await ensure_flow(db, specs[slug])
-        await _live_worker(db, "retired", age=3 * 3600)
-        await _live_worker(db, "served")
-        orphans = {s.name: s.orphan for s in await list_schedules(db)}
+    with trio.fail_after(30):
+        async with open_database(dsn, max_size=2) as db:
+            await sync_schedules(db, list(specs.values()))
+            for slug in ("idle", "retired", "served"):
+                await ensure_flow(db, specs[slug])
+            await _live_worker(db, "retired", age=3 * 3600)
+            await _live_worker(db, "served")
+            orphans = {s.name: s.orphan for s in await list_schedules(db)}
     assert orphans == {
         "gone": "flow 'gone' is not in the database",
         "idle": "no live worker serves flow 'idle' (no worker ever registered)",
@@ -530,19 +647,20 @@ async def test_remove_schedule_removes_its_row_and_ticks_and_names_the_others_wh
             "cron": [{"schedule": "0 * * * *", "name": "a"}, {"schedule": "5 * * * *", "name": "b"}],
         }
     )
-    async with open_database(dsn, max_size=2) as db:
-        await ensure_flow(db, flow)
-        await _live_worker(db, "removable")
-        await sync_schedules(db, [flow])
-        assert await _fire(db, "removable__a", datetime.datetime(2026, 1, 1, tzinfo=UTC)) is not None
-        assert await remove_schedule(db, "removable__a") is False  # no pg_cron job here
-        assert [s.name for s in await list_schedules(db)] == ["removable__b"]
-        assert await db.fetchval("SELECT count(*) FROM pgflow_trio.cron_ticks") == 0
-        with pytest.raises(ScheduleNotFound, match=r"no schedule 'removable__a'; the schedules are: removable__b"):
-            await remove_schedule(db, "removable__a")
-        await remove_schedule(db, "removable__b")
-        with pytest.raises(ScheduleNotFound, match=r"no schedule 'x'; there are no schedules"):
-            await remove_schedule(db, "x")
+    with trio.fail_after(30):
+        async with open_database(dsn, max_size=2) as db:
+            await ensure_flow(db, flow)
+            await _live_worker(db, "removable")
+            await sync_schedules(db, [flow])
+            assert await _fire(db, "removable__a", datetime.datetime(2026, 1, 1, tzinfo=UTC)) is not None
+            assert await remove_schedule(db, "removable__a") is False  # no pg_cron job here
+            assert [s.name for s in await list_schedules(db)] == ["removable__b"]
+            assert await db.fetchval("SELECT count(*) FROM pgflow_trio.cron_ticks") == 0
+            with pytest.raises(ScheduleNotFound, match=r"no schedule 'removable__a'; the schedules are: removable__b"):
+                await remove_schedule(db, "removable__a")
+            await remove_schedule(db, "removable__b")
+            with pytest.raises(ScheduleNotFound, match=r"no schedule 'x'; there are no schedules"):
+                await remove_schedule(db, "x")
 
 
 async def test_a_worker_serves_flows_whose_schedules_pg_cron_cannot_express(

@@ -412,6 +412,27 @@ async def test_health_reports_work_nobody_serves_and_how_long_it_waited(dsn: str
         await engine.health_check(max_age=-1)
 
 
+async def test_health_reads_the_queue_of_a_mixed_case_slug(dsn: str) -> None:
+    # pgmq names the queue table of "MixedCase" q_mixedcase
+    with trio.fail_after(30):
+        async with open_engine(dsn) as engine:
+            await engine.upsert_flow(flows.MixedCase)
+            await engine.start(flows.MixedCase, 1)
+            report = await engine.health_check(require_workers=False)
+    (queue,) = [q for q in report.queues if q.queue == "MixedCase"]
+    assert (report.ok, queue.depth, queue.visible) == (True, 1, 1)
+
+
+async def test_a_delayed_enqueue_of_a_mixed_case_slug(dsn: str) -> None:
+    with trio.fail_after(30):
+        async with open_engine(dsn) as engine:
+            await engine.upsert_flow(flows.MixedCase)
+            await engine.enqueue(flows.MixedCase, 1, delay=3600)
+            report = await engine.health_check(require_workers=False)
+    (queue,) = [q for q in report.queues if q.queue == "MixedCase"]
+    assert (queue.depth, queue.visible) == (1, 0)
+
+
 async def test_a_handle_from_a_run_id_learns_its_flow(dsn: str) -> None:
     with trio.fail_after(30):
         async with engine_with_workers(dsn, flows.Broken) as engine:
@@ -454,3 +475,30 @@ async def test_a_missing_schema_leaves_trio_run_as_one_plain_schema_error(empty_
     message = str(exc)
     assert "\n" not in message
     assert "run `python -m pgflow_trio db install`" in message and "open_engine(install=True)" in message
+
+
+async def test_serve_opens_the_cron_database_with_the_engines_connect_timeout(dsn: str) -> None:
+    from pgflow_trio import ConnectionLost, Job
+
+    class Ticking(Job[None, None], queue="ticking", cron="0 * * * *"):
+        async def perform(self, value: None) -> None:
+            pass
+
+    async def silent(stream: trio.SocketStream) -> None:
+        await trio.sleep_forever()
+
+    with trio.fail_after(60):
+        async with open_engine(dsn, connect_timeout=0.5) as engine, trio.open_nursery() as nursery:
+            listeners = await nursery.start(functools.partial(trio.serve_tcp, silent, 0, host="127.0.0.1"))
+            port = listeners[0].socket.getsockname()[1]
+            with pytest.raises(
+                ConnectionLost, match=rf"127\.0\.0\.1:{port} accepted the connection but did not answer within 0\.5s"
+            ):
+                await engine.serve(Ticking, options=FAST, cron_dsn=f"postgresql://u@127.0.0.1:{port}/db")
+            # The same database as the cron database: pg_cron is not installed there, so the schedule is built-in.
+            group: WorkerGroup = await nursery.start(
+                functools.partial(engine.serve, Ticking, options=FAST, cron_dsn=dsn)
+            )
+            assert group.schedules is not None and group.schedules.backends == {"ticking": "builtin"}
+            group.stop()
+            nursery.cancel_scope.cancel()

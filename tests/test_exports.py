@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import pkgutil
+import types
 import typing
 from pathlib import Path
 
@@ -11,11 +12,20 @@ import pytest
 
 import pgflow_trio
 
-PUBLIC_SUBMODULES: frozenset[str] = frozenset()
+PUBLIC_SUBMODULES: frozenset[str] = frozenset({"testing"})
 
 
 def _public() -> list[str]:
-    return sorted(name for name in dir(pgflow_trio) if not name.startswith("_"))
+    """The names `pgflow_trio` exports. Left out: submodules (`pgflow_trio.testing`, imported as the pytest plugin),
+    and `@py_builtins`/`@pytest_ar`, which pytest's assertion rewriting adds (it rewrites the packages of pytest
+    plugins, and pgflow_trio ships one)."""
+    return sorted(
+        name
+        for name in dir(pgflow_trio)
+        if not name.startswith("_")
+        and name.isidentifier()
+        and not isinstance(getattr(pgflow_trio, name), types.ModuleType)
+    )
 
 
 def test_public_names_are_reexports_of_private_modules() -> None:

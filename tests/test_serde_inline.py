@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import functools
 import json
 import uuid
-from typing import Any
+from typing import Any, Generic, Literal, NamedTuple, TypedDict, TypeVar
 
 import attrs
 import pytest
@@ -234,11 +236,40 @@ class Defaults:
     n: int = 0
 
 
+@dataclasses.dataclass
+class DataDefaults:
+    n: int = 0
+
+
+T = TypeVar("T")
+
+
+@dataclasses.dataclass
+class GenericData(Generic[T]):
+    n: T | None = None
+
+
+class Typed(TypedDict, total=False):
+    n: int
+
+
 @pytest.mark.parametrize("value", ["str", [1], 5, None, True, 1.5])
-def test_an_attrs_input_needs_a_json_object_even_when_every_field_has_a_default(value: Any) -> None:
-    with pytest.raises(SerializationError, match=r"x: expected Defaults \(a JSON object\), got a JSON \w+.* @ \$$"):
-        structure(value, Defaults, what="x")
-    assert structure({}, Defaults, what="x") == Defaults()
+@pytest.mark.parametrize(
+    ("annotation", "name"),
+    [
+        (Defaults, "Defaults"),
+        (DataDefaults, "DataDefaults"),
+        (GenericData[int], r"GenericData\[int\]"),
+        (Typed, "Typed"),
+    ],
+)
+def test_an_object_input_needs_a_json_object_even_when_every_field_has_a_default(
+    value: Any, annotation: Any, name: str
+) -> None:
+    with pytest.raises(SerializationError, match=rf"x: expected {name} \(a JSON object\), got a JSON \w+.* @ \$$"):
+        structure(value, annotation, what="x")
+    assert structure({}, annotation, what="x") == annotation()
+    assert structure({"n": 1}, annotation, what="x") == annotation(n=1)
 
 
 @attrs.frozen
@@ -285,6 +316,78 @@ def _basket(**changes: Any) -> dict[str, Any]:
 def test_wrong_json_kinds_are_refused_at_every_depth_with_path_and_type(data: Any, message: str) -> None:
     with pytest.raises(SerializationError, match=message):
         structure(data, Basket, what="x")
+
+
+class Colour(enum.Enum):
+    RED = 1
+
+
+class Size(enum.StrEnum):
+    SMALL = "s"
+
+
+class Point(NamedTuple):
+    x: int
+    y: int = 0
+
+
+@dataclasses.dataclass
+class Shapes:
+    points: list[Point] = dataclasses.field(default_factory=list)
+    colour: Colour = Colour.RED
+    size: Size = Size.SMALL
+    one: Literal[1] = 1
+    flag: Literal[True] = True
+    nothing: None = None
+    pair: tuple[int, str] = (0, "")
+    by_id: dict[int, str] = dataclasses.field(default_factory=dict)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (
+            {"points": [[1, 2], "x"]},
+            r"expected Point \(a JSON array of 2 items\), got a JSON string @ \$\.points\[1\]$",
+        ),
+        ({"points": [[1, 2, 3]]}, r"expected Point \(a JSON array of 2 items\), got 3 items @ \$\.points\[0\]$"),
+        ({"points": [[1, "2"]]}, r"expected int \(a JSON integer\), got a JSON string @ \$\.points\[0\]\[1\]$"),
+        ({"colour": True}, r"expected one of 1 \(Colour\), got a JSON boolean true @ \$\.colour$"),
+        ({"size": "xl"}, r"expected one of \"s\" \(Size\), got a JSON string \"xl\" @ \$\.size$"),
+        ({"one": True}, r"expected one of 1 \(Literal\[1\]\), got a JSON boolean true @ \$\.one$"),
+        ({"one": 1.0}, r"expected one of 1 \(Literal\[1\]\), got a JSON number .* @ \$\.one$"),
+        ({"flag": 1}, r"expected one of true \(Literal\[True\]\), got a JSON integer 1 @ \$\.flag$"),
+        ({"nothing": 0}, r"expected None \(a JSON null\), got a JSON integer @ \$\.nothing$"),
+        ({"pair": [1]}, r"expected tuple\[int, str\] \(a JSON array of 2 items\), got 1 items @ \$\.pair$"),
+        ({"by_id": {"01": "a", "1": "b"}}, r"key '01' of dict\[int, str\] is written '1' .*@ \$\.by_id$"),
+        ({"by_id": {"one": "a"}}, r"key 'one' of dict\[int, str\] is not an integer @ \$\.by_id$"),
+        ("oops", r"expected Shapes \(a JSON object\), got a JSON string @ \$$"),
+    ],
+)
+def test_dataclasses_enums_literals_and_named_tuples_are_strict_too(data: Any, message: str) -> None:
+    with pytest.raises(SerializationError, match=message):
+        structure(data, Shapes, what="x")
+
+
+def test_dataclasses_enums_literals_and_named_tuples_structure() -> None:
+    data = {
+        "points": [[1, 2]],
+        "colour": 1,
+        "size": "s",
+        "one": 1,
+        "flag": True,
+        "pair": [3, "c"],
+        "by_id": {"-2": "a"},
+    }
+    shapes = structure(data, Shapes, what="x")
+    assert shapes == Shapes([Point(1, 2)], Colour.RED, Size.SMALL, 1, True, None, (3, "c"), {-2: "a"})
+    assert structure(unstructure(shapes, what="x"), Shapes, what="x") == shapes
+
+
+def test_none_names_json_kinds() -> None:
+    with pytest.raises(SerializationError, match=r"^x: expected null, got a JSON integer @ \$$"):
+        structure(5, None, what="x")
+    assert structure(None, None, what="x") is None
 
 
 def test_right_json_kinds_structure() -> None:
@@ -349,6 +452,19 @@ async def test_a_job_gets_its_typed_input_in_the_context_too() -> None:
             return f"{ctx.flow_input.amount} {ctx.flow_input.currency}"
 
     assert await run_inline(Echo, Charge(5)) == "5 EUR"
+
+
+@pytest.mark.parametrize(
+    ("annotation", "data", "message"),
+    [
+        (dict[int, str], {"01": "a"}, r"key '01' of dict\[int, str\] is written '1'"),
+        (dict[str, int], [1], r"expected dict\[str, int\] \(a JSON object\), got a JSON array"),
+    ],
+)
+def test_a_mapping_stays_strict_on_every_call(annotation: Any, data: Any, message: str) -> None:
+    for _ in range(3):  # the converter caches hooks: the second call must not get a laxer one
+        with pytest.raises(SerializationError, match=message):
+            structure(data, annotation, what="x")
 
 
 # ---- one pass each way --------------------------------------------------------------------------------------

@@ -18,13 +18,14 @@ import attrs
 import pytest
 import trio
 
-from pgflow_trio import compile_flow, flow_from_spec
-from pgflow_trio._exceptions import FlowMismatch
+from pgflow_trio import ConfigurationError, Context, SerializationError, compile_flow, definition_of, flow_from_spec
+from pgflow_trio._exceptions import FlowMismatch, TaskInputError
 from pgflow_trio._runtime import WorkerGroup, WorkerOptions, serve
+from pgflow_trio._runtime._execute import call_handler
 from pgflow_trio._store import Database, open_database
 
 from . import flows
-from .helpers import FAST, ROOT, eventually, file_exists, start_run, wait_for_worker, wait_run
+from .helpers import FAST, ROOT, eventually, file_exists, run_sql, start_run, wait_for_worker, wait_run
 
 
 @pytest.fixture(autouse=True)
@@ -271,11 +272,12 @@ async def test_a_deprecated_worker_drains_and_stops(dsn: str) -> None:
 
 async def test_a_different_flow_in_the_database_is_refused_with_the_difference(dsn: str) -> None:
     other = flow_from_spec({"slug": "flaky", "max_attempts": 5, "steps": [{"slug": "attempt", "timeout": 9}]})
-    async with database(dsn) as db:
-        for statement in compile_flow(other):
-            await db.execute(statement)
-    with trio.fail_after(30), pytest.raises(FlowMismatch) as info:
-        await serve(flows.Flaky, dsn=dsn, options=FAST)
+    with trio.fail_after(30):
+        async with database(dsn) as db:
+            for statement in compile_flow(other):
+                await db.execute(statement)
+        with pytest.raises(FlowMismatch) as info:
+            await serve(flows.Flaky, dsn=dsn, options=FAST)
     message = str(info.value)
     assert "flow max_attempts: 3 in code, 5 in the database" in message
     assert "flow base_delay: 1 in code, 5 in the database" in message
@@ -285,20 +287,21 @@ async def test_a_different_flow_in_the_database_is_refused_with_the_difference(d
 
 async def test_recovery_is_safe_when_several_workers_run_it_at_once(dsn: str) -> None:
     dead = uuid.uuid4()
-    async with database(dsn) as db:
-        for statement in compile_flow(flow_from_spec({"slug": "orphans", "steps": [{"slug": "a"}]})):
-            await db.execute(statement)
-        await db.execute(
-            "INSERT INTO pgflow.workers (worker_id, queue_name, function_name, last_heartbeat_at) "
-            "VALUES ($1, 'orphans', 'gone', now() - interval '1 hour')",
-            dead,
-        )
-        for n in range(20):
-            await start_run(db, "orphans", n)
-        ids = [r[0] for r in await db.fetch("SELECT msg_id FROM pgmq.read('orphans', 30, 100)")]
-        assert len(ids) == 20
-        started = await db.fetch("SELECT * FROM pgflow.start_tasks('orphans', $1::bigint[], $2)", ids, dead)
-        assert len(started) == 20
+    with trio.fail_after(30):
+        async with database(dsn) as db:
+            for statement in compile_flow(flow_from_spec({"slug": "orphans", "steps": [{"slug": "a"}]})):
+                await db.execute(statement)
+            await db.execute(
+                "INSERT INTO pgflow.workers (worker_id, queue_name, function_name, last_heartbeat_at) "
+                "VALUES ($1, 'orphans', 'gone', now() - interval '1 hour')",
+                dead,
+            )
+            for n in range(20):
+                await start_run(db, "orphans", n)
+            ids = [r[0] for r in await db.fetch("SELECT msg_id FROM pgmq.read('orphans', 30, 100)")]
+            assert len(ids) == 20
+            started = await db.fetch("SELECT * FROM pgflow.start_tasks('orphans', $1::bigint[], $2)", ids, dead)
+            assert len(started) == 20
     results: list[int] = []
 
     async def recover() -> None:
@@ -311,10 +314,11 @@ async def test_recovery_is_safe_when_several_workers_run_it_at_once(dsn: str) ->
             for _ in range(4):
                 nursery.start_soon(recover)
     assert sum(results) == 20
-    async with database(dsn) as db:
-        rows = await db.fetch(
-            "SELECT status, attempts_count, error_message FROM pgflow.step_tasks WHERE flow_slug = 'orphans'"
-        )
+    with trio.fail_after(30):
+        async with database(dsn) as db:
+            rows = await db.fetch(
+                "SELECT status, attempts_count, error_message FROM pgflow.step_tasks WHERE flow_slug = 'orphans'"
+            )
     assert {(r["status"], r["attempts_count"]) for r in rows} == {("queued", 1)}
     assert all("stopped heartbeating" in r["error_message"] for r in rows)
 
@@ -375,12 +379,85 @@ async def test_a_task_input_the_handler_cannot_accept_fails_at_once_without_retr
             step = await db.fetchval("SELECT status FROM pgflow.step_states WHERE run_id = $1", run_id)
             pending = await db.fetchval("SELECT count(*) FROM pgmq.q_flaky")
     assert task is not None and (task["status"], task["attempts_count"], step, pending) == ("failed", 1, "failed", 0)
-    assert task["error_message"].startswith("SerializationError: flaky.attempt: input: ")
+    assert task["error_message"].startswith("TaskInputError: flaky.attempt: input: ")
     assert "@ $.order_id" in task["error_message"]
     assert flows.calls[("flaky", 1)] == 0
     errors = [r.getMessage() for r in caplog.records if r.name == "pgflow_trio.worker" and r.levelno >= logging.ERROR]
     assert len(errors) == 1 and "\n" not in errors[0], errors
     assert "failed without retry" in errors[0] and "@ $.order_id" in errors[0]
+
+
+async def test_only_the_worker_that_started_a_task_can_fail_it_permanently(dsn: str) -> None:
+    mine, other = uuid.uuid4(), uuid.uuid4()
+    fail = "SELECT pgflow_trio.fail_task_permanently($1, 'a', 0, $2, 'the input does not fit')"
+    with trio.fail_after(30):
+        async with database(dsn) as db:
+            for statement in compile_flow(
+                flow_from_spec({"slug": "doomed_input", "max_attempts": 3, "steps": [{"slug": "a"}]})
+            ):
+                await db.execute(statement)
+            for worker_id in (mine, other):
+                await db.execute(
+                    "INSERT INTO pgflow.workers (worker_id, queue_name, function_name) "
+                    "VALUES ($1, 'doomed_input', 'x')",
+                    worker_id,
+                )
+            run_id = await start_run(db, "doomed_input", 1)
+            ids = [r[0] for r in await db.fetch("SELECT msg_id FROM pgmq.read('doomed_input', 30, 1)")]
+            await db.execute("SELECT * FROM pgflow.start_tasks('doomed_input', $1::bigint[], $2)", ids, mine)
+            assert await db.fetchval(fail, run_id, other) is False  # a late call about another worker's attempt
+            assert await db.fetchval("SELECT status FROM pgflow.runs WHERE run_id = $1", run_id) == "started"
+            assert await db.fetchval(fail, run_id, mine) is True
+            assert await db.fetchval(fail, run_id, mine) is False  # no longer started
+            task = await db.fetchrow("SELECT status, attempts_count FROM pgflow.step_tasks WHERE run_id = $1", run_id)
+            run = await db.fetchval("SELECT status FROM pgflow.runs WHERE run_id = $1", run_id)
+    assert task is not None and (task["status"], task["attempts_count"], run) == ("failed", 1, "failed")
+
+
+async def test_a_heartbeat_interval_too_long_for_the_schedules_liveness_bound_is_refused(
+    dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker counts as live for its flow's schedules while it heartbeats within pgflow_trio.live_worker_seconds;
+    a heartbeat interval above half of that is refused, naming both settings."""
+    (database_name,) = run_sql(dsn, "SELECT current_database()")[0]
+    slow = attrs.evolve(FAST, heartbeat_interval=31.0, stale_after=90.0)
+    with trio.fail_after(30):
+        with pytest.raises(ConfigurationError) as info:
+            await serve(flows.Echo, dsn=dsn, options=slow)
+        assert "heartbeat_interval (31 s) must be at most half of pgflow_trio.live_worker_seconds (60 s)" in str(
+            info.value
+        )
+        assert "pgflow_trio.live_worker_seconds = '62'" in str(info.value)
+        run_sql(dsn, f"ALTER DATABASE \"{database_name}\" SET pgflow_trio.live_worker_seconds = '62'")
+        async with running(dsn, flows.Echo, options=slow):
+            pass
+        run_sql(dsn, f"ALTER DATABASE \"{database_name}\" SET pgflow_trio.live_worker_seconds = 'soon'")
+        caplog.clear()
+        async with running(dsn, flows.Echo):
+            pass
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == ["pgflow_trio.live_worker_seconds = 'soon' is not a positive number of seconds; 60 s apply"]
+
+
+async def test_call_handler_tells_a_task_input_that_does_not_fit_from_an_output_that_does_not() -> None:
+    """The worker and run_inline share call_handler; only a bad input (TaskInputError) is failed without retry."""
+    ctx = Context(
+        run_id=uuid.uuid4(),
+        flow_slug="x",
+        step_slug="x",
+        task_index=0,
+        attempt=1,
+        flow_input=None,
+        worker_id=uuid.uuid4(),
+        msg_id=1,
+    )
+    flaky = definition_of(flows.Flaky)
+    with pytest.raises(TaskInputError, match=r"flaky\.attempt: input: .*@ \$\.order_id"):
+        await call_handler(flaky, flaky.step("attempt"), flows.Flaky(), {"run": {"order_id": "seven"}}, ctx)
+    lying = definition_of(flows.BadOutput)
+    with pytest.raises(SerializationError, match="declared int, got str") as info:
+        await call_handler(lying, lying.step("lie"), flows.BadOutput(), {"run": 1}, attrs.evolve(ctx, flow_input=1))
+    assert not isinstance(info.value, TaskInputError)
 
 
 def test_serve_targets_are_typed(tmp_path: Path) -> None:

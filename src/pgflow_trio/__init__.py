@@ -39,6 +39,7 @@ from pgflow_trio._exceptions import RunTimeout as RunTimeout
 from pgflow_trio._exceptions import ScheduleNotFound as ScheduleNotFound
 from pgflow_trio._exceptions import SchemaError as SchemaError
 from pgflow_trio._exceptions import SerializationError as SerializationError
+from pgflow_trio._exceptions import TaskInputError as TaskInputError
 from pgflow_trio._models import JSON as JSON
 from pgflow_trio._models import FlowInfo as FlowInfo
 from pgflow_trio._models import Health as Health

@@ -45,6 +45,11 @@ class SerializationError(PgflowError):
     """A value could not be converted to or from JSON; the message shows where (`$.path`) and why."""
 
 
+class TaskInputError(SerializationError):
+    """A task input cannot be structured into the handler's parameters. No retry can change the input, so a worker
+    fails such a task at once."""
+
+
 class RunNotFound(PgflowError):
     """No run has this id."""
 

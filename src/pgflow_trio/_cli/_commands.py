@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import functools
 import json
@@ -14,7 +15,7 @@ import sys
 import types
 import typing
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,19 +23,18 @@ import attrs
 import trio
 
 from pgflow_trio._cli._demo import run_demo
-from pgflow_trio._cli._targets import load_object, load_target
+from pgflow_trio._cli._targets import load_object, load_spec, load_target
 from pgflow_trio._client._admin import check_schema, install_schema
-from pgflow_trio._client._engine import EngineOptions, open_engine
-from pgflow_trio._codec import structure
+from pgflow_trio._client._engine import DEFAULT_MAX_AGE, EngineOptions, open_engine
+from pgflow_trio._codec import parse_json, structure
 from pgflow_trio._definitions._compile import compile_flow
 from pgflow_trio._definitions._flow import definition_of
 from pgflow_trio._definitions._model import FlowDef
-from pgflow_trio._definitions._spec import load_spec_file
 from pgflow_trio._exceptions import ConfigurationError, PgflowError, RunFailed, RunTimeout
 from pgflow_trio._models import JSON
-from pgflow_trio._runtime import ServeTarget, WorkerGroup, WorkerOptions, serve
+from pgflow_trio._runtime import CronBackend, ServeTarget, WorkerGroup, WorkerOptions, serve
 from pgflow_trio._runtime._cron import list_schedules, remove_schedule, sync_schedules
-from pgflow_trio._store import open_database
+from pgflow_trio._store import Database, open_database
 from pgflow_trio._store._dsn import resolve_dsn, with_connect_timeout
 from pgflow_trio._store._runs import checked_slug
 from pgflow_trio._store._schema import INSTALL_COMMAND, install_script
@@ -53,6 +53,8 @@ class Setting:
     runs, never while the parser is built."""
 
     field: str
+    aliases: tuple[str, ...] = ()
+    """Older spellings of the flag, still accepted."""
 
     @property
     def flag(self) -> str:
@@ -79,6 +81,7 @@ WORKER_SETTINGS = tuple(
         "cron_backend",
     )
 )
+CRON_BACKEND = Setting("cron_backend")
 CONNECT_TIMEOUT = Setting("connect_timeout")
 STALE_AFTER = Setting("stale_after")
 
@@ -136,6 +139,7 @@ def add_settings(parser: argparse.ArgumentParser, options: type[Any], settings: 
             extra["metavar"] = "N" if hint is int else "SECONDS" if hint is float else "VALUE"
         parser.add_argument(
             setting.flag,
+            *setting.aliases,
             dest=setting.dest(),
             type=functools.partial(_flag_value, hint),
             default=None,
@@ -320,9 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_argument(
         "--max-age",
         type=_non_negative_number,
-        default=300.0,
+        default=DEFAULT_MAX_AGE,
         metavar="SECONDS",
-        help="unhealthy when a visible message has waited longer than this for a worker (default 300)",
+        help=f"unhealthy when a visible message has waited longer than this for a worker (default {DEFAULT_MAX_AGE:g})",
     )
     health.add_argument("--no-max-age", action="store_true", help="no limit on how long work may wait")
     health.add_argument(
@@ -335,12 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     cron_commands = cron.add_subparsers(dest="cron_command", required=True)
     cron_sync = cron_commands.add_parser("sync", help="make the database's schedules match the code's")
     cron_sync.add_argument("targets", nargs="+", metavar="TARGET", help="package.module:Attr, file.py:Attr, spec.json")
-    cron_sync.add_argument(
-        "--backend",
-        choices=["auto", "builtin", "pg_cron"],
-        default="auto",
-        help="auto: pg_cron when installed, else the built-in scheduler",
-    )
+    add_settings(cron_sync, WorkerOptions, [attrs.evolve(CRON_BACKEND, aliases=("--backend",))])
     cron_sync.add_argument("--cron-dsn", help="the database where pg_cron is installed (default: --dsn)")
     cron_sync.add_argument("--prune", action="store_true", help="also remove schedules of flows not given")
     _add_database_options(cron_sync)
@@ -387,7 +386,26 @@ async def _db_check(args: argparse.Namespace) -> int:
 
 def _engine_options(args: argparse.Namespace) -> dict[str, Any]:
     """open_engine keywords from the database options every command has."""
-    return {"data_dir": args.data_dir, **settings_from(args, EngineOptions, [CONNECT_TIMEOUT])}
+    timeout = _connect_timeout(args)
+    return {"data_dir": args.data_dir, **({} if timeout is None else {"connect_timeout": timeout})}
+
+
+def _connect_timeout(args: argparse.Namespace) -> float | None:
+    """--connect-timeout; None leaves it to each DSN's own connect_timeout, then $PGFLOW_CONNECT_TIMEOUT (read where
+    the connection is opened, so a DSN's own value wins over the variable). The variable is checked here already."""
+    settings_from(args, EngineOptions, [CONNECT_TIMEOUT])
+    value: float | None = getattr(args, CONNECT_TIMEOUT.dest(), None)
+    return value
+
+
+@contextlib.asynccontextmanager
+async def _cron_database(args: argparse.Namespace) -> AsyncIterator[Database | None]:
+    """The database --cron-dsn names (opened with the command's connect timeout), or None without one."""
+    if not args.cron_dsn:
+        yield None
+        return
+    async with open_database(args.cron_dsn, max_size=2, connect_timeout=_connect_timeout(args)) as cron_db:
+        yield cron_db
 
 
 async def _worker(args: argparse.Namespace) -> int:
@@ -395,17 +413,19 @@ async def _worker(args: argparse.Namespace) -> int:
         **settings_from(args, WorkerOptions, WORKER_SETTINGS),
         scheduler=not args.no_scheduler,
     )
-    connect_timeout = settings_from(args, EngineOptions, [CONNECT_TIMEOUT]).get("connect_timeout")
+    connect_timeout = _connect_timeout(args)
     # serve() checks each target at run time and names what is wrong with it.
     targets = [typing.cast(ServeTarget, load_object(target)) for target in args.targets]
     dsn = await resolve_dsn(args.dsn, data_dir=args.data_dir)
+    cron_dsn = args.cron_dsn
     if connect_timeout is not None:
         dsn = with_connect_timeout(dsn, connect_timeout)
+        cron_dsn = cron_dsn and with_connect_timeout(cron_dsn, connect_timeout)
     listening = trio.CancelScope()
 
     async def serve_then_stop_listening(*, task_status: trio.TaskStatus[WorkerGroup]) -> None:
         try:
-            await serve(*targets, dsn=dsn, options=options, cron_dsn=args.cron_dsn, task_status=task_status)
+            await serve(*targets, dsn=dsn, options=options, cron_dsn=cron_dsn, task_status=task_status)
         finally:
             listening.cancel()
 
@@ -429,16 +449,31 @@ async def _worker(args: argparse.Namespace) -> int:
 def _read_input(value: str) -> JSON:
     """--input: JSON text, `@FILE` (read from the file) or `-` (read from stdin); no argument-length limit."""
     if value == "-":
-        what, text = "--input - (stdin)", sys.stdin.read()
+        what, text = "--input - (stdin)", _read_stdin()
     elif value.startswith("@"):
+        if value == "@":
+            raise ConfigurationError("--input @: name the file after the @ (--input @input.json)")
         what, text = f"--input {value}", read_text(Path(value[1:]), "--input:")
     else:
         what, text = "--input", value
     try:
-        data: JSON = json.loads(text)
-    except json.JSONDecodeError as exc:
+        data: JSON = parse_json(text)
+    except ValueError as exc:
         raise ConfigurationError(f"{what} is not valid JSON: {exc}") from None
     return data
+
+
+def _read_stdin() -> str:
+    """All of stdin for `--input -`; ConfigurationError when there is no stdin to read."""
+    fix = "pipe the JSON in, or pass it as --input JSON or --input @FILE"
+    if sys.stdin is None:
+        raise ConfigurationError(f"--input -: this process has no stdin (it is closed); {fix}")
+    try:
+        return sys.stdin.read()
+    except UnicodeDecodeError as exc:
+        raise ConfigurationError(f"--input - (stdin) is not UTF-8 text (invalid byte at offset {exc.start})") from None
+    except (OSError, ValueError) as exc:
+        raise ConfigurationError(f"--input -: stdin cannot be read ({exc}); {fix}") from None
 
 
 async def _start(args: argparse.Namespace) -> int:
@@ -503,7 +538,7 @@ async def _runs(args: argparse.Namespace) -> int:
 
 
 async def _flows(args: argparse.Namespace) -> int:
-    spec = load_spec_file(args.spec) if args.flows_command == "upsert" else None
+    spec = load_spec(args.spec) if args.flows_command == "upsert" else None
     async with open_engine(args.dsn, events=False, **_engine_options(args)) as engine:
         if args.flows_command == "list":
             for info in await engine.list_flows():
@@ -534,6 +569,7 @@ async def _cron(args: argparse.Namespace) -> int:
     if args.cron_command == "remove":
         return await _cron_remove(args)
     flows = [load_target(target)[0] for target in args.targets]
+    chosen = _cron_backend(args) if args.cron_command == "sync" else "auto"
     async with open_engine(args.dsn, events=False, **_engine_options(args)) as engine:
         if args.cron_command == "list":
             for item in await list_schedules(engine.db, flows):
@@ -549,13 +585,13 @@ async def _cron(args: argparse.Namespace) -> int:
                 for line in item.drift:
                     print(f"    drift: {line}")
                 if item.orphan:
-                    print(f"    orphan: {item.orphan}; it fires nothing (cron remove {item.name} deletes it)")
+                    print(
+                        f"    orphan: {item.orphan}; it fires nothing until a worker serves flow {item.flow_slug!r} "
+                        f"(or `cron remove {item.name}` deletes it)"
+                    )
             return 0
-        if args.cron_dsn:
-            async with open_database(args.cron_dsn, max_size=2) as cron_db:
-                report = await sync_schedules(engine.db, flows, backend=args.backend, cron_db=cron_db, prune=args.prune)
-        else:
-            report = await sync_schedules(engine.db, flows, backend=args.backend, prune=args.prune)
+        async with _cron_database(args) as cron_db:
+            report = await sync_schedules(engine.db, flows, backend=chosen, cron_db=cron_db, prune=args.prune)
     print(f"backend: {report.backend}")
     for what in ("created", "updated", "removed", "unchanged"):
         for name in getattr(report, what):
@@ -566,13 +602,17 @@ async def _cron(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cron_backend(args: argparse.Namespace) -> CronBackend:
+    """The worker's setting: --cron-backend (or --backend), else $PGFLOW_CRON_BACKEND, else WorkerOptions' default."""
+    chosen: CronBackend = settings_from(args, WorkerOptions, [CRON_BACKEND]).get("cron_backend") or (
+        WorkerOptions().cron_backend
+    )
+    return chosen
+
+
 async def _cron_remove(args: argparse.Namespace) -> int:
-    async with open_engine(args.dsn, events=False, **_engine_options(args)) as engine:
-        if args.cron_dsn:
-            async with open_database(args.cron_dsn, max_size=2) as cron_db:
-                job = await remove_schedule(engine.db, args.name, cron_db=cron_db)
-        else:
-            job = await remove_schedule(engine.db, args.name)
+    async with open_engine(args.dsn, events=False, **_engine_options(args)) as engine, _cron_database(args) as cron_db:
+        job = await remove_schedule(engine.db, args.name, cron_db=cron_db)
     print(f"removed schedule {args.name}" + (" and its pg_cron job" if job else ""))
     return 0
 
@@ -618,9 +658,7 @@ async def _run(args: argparse.Namespace) -> int:
     if args.command == "cron":
         return await _cron(args)
     if args.command == "demo":
-        completed = await run_demo(
-            args.runs, args.dsn, args.data_dir, **settings_from(args, EngineOptions, [CONNECT_TIMEOUT])
-        )
+        completed = await run_demo(args.runs, args.dsn, args.data_dir, connect_timeout=_connect_timeout(args))
         return 0 if completed == args.runs else 1
     if args.command == "compile":
         flow, _ = load_target(args.target)

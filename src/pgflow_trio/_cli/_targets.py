@@ -8,9 +8,10 @@ import importlib.util
 import sys
 from pathlib import Path
 
+from pgflow_trio._codec import parse_json
 from pgflow_trio._definitions._flow import definition_of
 from pgflow_trio._definitions._model import FlowDef
-from pgflow_trio._definitions._spec import load_spec_file
+from pgflow_trio._definitions._spec import flow_from_spec
 from pgflow_trio._exceptions import DefinitionError
 from pgflow_trio._util import read_text
 
@@ -52,9 +53,20 @@ def load_object(target: str) -> object:
         raise DefinitionError(f"target {target!r}: {location} has no attribute {attr!r}") from None
 
 
+def load_spec(path: Path) -> FlowDef:
+    """The FlowDef a JSON spec file describes; DefinitionError when it is not JSON (NaN and infinities included),
+    ConfigurationError when the file cannot be read."""
+    text = read_text(path, "spec file")
+    try:
+        data = parse_json(text)
+    except ValueError as exc:
+        raise DefinitionError(f"{path}: not valid JSON: {exc}") from None
+    return flow_from_spec(data, origin=str(path))
+
+
 def load_target(target: str) -> tuple[FlowDef, object | None]:
     """(definition, flow/job class or None for a JSON spec)."""
     if target.endswith(".json"):
-        return load_spec_file(Path(target)), None
+        return load_spec(Path(target)), None
     obj = load_object(target)
     return definition_of(obj), obj

@@ -34,6 +34,8 @@ from pgflow_trio._util import unwrap_single_errors
 In = TypeVar("In")
 Out = TypeVar("Out")
 _FINAL = frozenset({"run:completed", "run:failed"})
+DEFAULT_MAX_AGE = 300.0
+"""health_check's default `max_age`: seconds visible work may wait for a worker before the check fails."""
 
 FlowRef: TypeAlias = "str | type[Definition[Any, Any]] | Definition[Any, Any] | FlowDef"
 """How the engine's inspection and management calls name a flow: its slug, its class or instance, or a FlowDef."""
@@ -478,7 +480,7 @@ class Engine(_Starter):
         definition = flow_from_spec(flow, origin="upsert_flow") if isinstance(flow, Mapping) else definition_of(flow)
         return await upsert_flow(self.db, definition, force=force, stale_after=self.options.stale_after)
 
-    async def health_check(self, *, max_age: float | None = 300.0, require_workers: bool = True) -> Health:
+    async def health_check(self, *, max_age: float | None = DEFAULT_MAX_AGE, require_workers: bool = True) -> Health:
         """Database reachable, schema versions, and per flow queue: live/stale workers, depth, and how long the
         oldest visible message has waited. Unhealthy (`ok` False, the reason in `problems`) when a queue holds
         visible work and no live worker serves it (unless `require_workers=False`), or when work has waited longer
@@ -494,10 +496,19 @@ class Engine(_Starter):
         self,
         *targets: ServeTarget,
         options: WorkerOptions | None = None,
+        cron_dsn: str | None = None,
         task_status: trio.TaskStatus[WorkerGroup] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Run workers for `targets` on this engine's database until stopped or cancelled (`nursery.start`)."""
-        await run_workers(self.db, targets, options or WorkerOptions(), task_status=task_status)
+        """Run workers for `targets` on this engine's database until stopped or cancelled (`nursery.start`).
+
+        `cron_dsn`: the database where pg_cron is installed when it is another one (its `cron.database_name`),
+        opened with the engine's `connect_timeout` (when set; else that DSN's own, $PGFLOW_CONNECT_TIMEOUT or 10 s)."""
+        opts = options or WorkerOptions()
+        if cron_dsn is None:
+            await run_workers(self.db, targets, opts, task_status=task_status)
+            return
+        async with open_database(cron_dsn, max_size=2, connect_timeout=self.options.connect_timeout) as cron_db:
+            await run_workers(self.db, targets, opts, cron_db=cron_db, task_status=task_status)
 
 
 @asynccontextmanager

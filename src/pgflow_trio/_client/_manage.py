@@ -15,6 +15,7 @@ from pgflow_trio._store import Connection, Database, RawConnection
 from pgflow_trio._store._registry import describe_differences, expected_shape, read_flow_shape
 from pgflow_trio._store._runs import checked_slug
 from pgflow_trio._store._schema import check
+from pgflow_trio._store._worker_queries import queue_table
 
 _LOCK = "SELECT pg_advisory_xact_lock(hashtextextended('pgflow_trio:flow:' || $1, 0))"
 
@@ -131,7 +132,7 @@ _QUEUE_STATS = (
     "SELECT count(*) AS depth, count(*) FILTER (WHERE vt <= clock_timestamp()) AS visible, "
     "extract(epoch FROM clock_timestamp() - min(enqueued_at))::float8 AS oldest, "
     "extract(epoch FROM clock_timestamp() - min(vt) FILTER (WHERE vt <= clock_timestamp()))::float8 AS oldest_visible "
-    'FROM pgmq."q_{slug}"'
+    "FROM {table}"
 )
 
 
@@ -155,7 +156,7 @@ async def _queue_stats(con: RawConnection, *, stale_after: float) -> list[QueueH
         slug = r["flow_slug"]
         stats = None
         if r["has_queue"] and slug_problem(slug) is None:
-            stats = await con.fetchrow(_QUEUE_STATS.format(slug=slug))
+            stats = await con.fetchrow(_QUEUE_STATS.format(table=queue_table(slug)))
         queues.append(
             QueueHealth(
                 slug,

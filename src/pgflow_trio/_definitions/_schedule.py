@@ -162,6 +162,23 @@ def ticks_between(
     return out
 
 
+def latest_tick(schedule: ScheduleDef, until: datetime.datetime) -> datetime.datetime | None:
+    """The schedule's last tick at or before `until` (None: none in the last ten years), however long ago.
+
+    Two steps back with croniter, then `ticks_between` over that short span, so the wall-clock rules are those of
+    `ticks_between` and the cost does not grow with the distance to `until`."""
+    tz = zoneinfo.ZoneInfo(schedule.timezone)
+    expression = ALIASES.get(schedule.expression.lower(), schedule.expression)
+    it = croniter(expression, until.astimezone(tz), second_at_beginning=schedule.has_seconds)
+    try:
+        it.get_prev(datetime.datetime)
+        earlier: datetime.datetime = it.get_prev(datetime.datetime)
+    except CroniterError:
+        return None
+    ticks = ticks_between(schedule, earlier.astimezone(UTC) - datetime.timedelta(seconds=1), until)
+    return ticks[-1] if ticks else None
+
+
 def next_ticks(schedule: ScheduleDef, now: datetime.datetime, count: int) -> list[datetime.datetime]:
     """The next `count` ticks after `now`."""
     horizon = now + datetime.timedelta(days=3700)

@@ -7,7 +7,8 @@ only while the flow exists and some live worker (any language) serves it (`pgflo
 are orphans, which `list_schedules` reports and `remove_schedule` removes. The built-in scheduler is elected with a
 PostgreSQL advisory lock held on a dedicated connection; its successor fires the ticks the old leader missed within
 `grace` seconds, and so does a scheduler when a flow's worker comes back; older missed ticks follow the schedule's
-catch-up policy (skip, or fire once).
+catch-up policy (skip, or fire once). The leader also fires a pg_cron-backed schedule's tick that pg_cron missed
+(still unrecorded `PG_CRON_HEAD_START` seconds after it), so both backends give the same guarantee.
 """
 
 from __future__ import annotations
@@ -24,13 +25,13 @@ import attrs
 import trio
 
 from pgflow_trio._definitions._model import FlowDef
-from pgflow_trio._definitions._schedule import ScheduleDef, next_ticks, ticks_between
+from pgflow_trio._definitions._schedule import ScheduleDef, latest_tick, next_ticks, ticks_between
 from pgflow_trio._exceptions import PgflowError, ScheduleNotFound
+from pgflow_trio._runtime._options import CronBackend
 from pgflow_trio._store import Database
 
 log = logging.getLogger("pgflow_trio.cron")
 
-Backend = Literal["auto", "builtin", "pg_cron"]
 LEADER_LOCK = 7_301_946_210_553_118_002
 JOB_PREFIX = "pgflow_trio:"
 
@@ -75,7 +76,7 @@ def pg_cron_problem(schedule: ScheduleDef) -> str | None:
 
 
 def backend_for(
-    schedule: ScheduleDef, preference: Backend, pg_cron_installed: bool
+    schedule: ScheduleDef, preference: CronBackend, pg_cron_installed: bool
 ) -> tuple[Literal["builtin", "pg_cron"], str | None]:
     """The backend a schedule gets, with a warning when an explicit `pg_cron` preference cannot be honoured.
 
@@ -92,13 +93,6 @@ def backend_for(
     return "builtin", f"schedule {schedule.name}: {problem}; it runs on the built-in scheduler"
 
 
-async def choose_backend(cron_db: Database, backend: Backend) -> Literal["builtin", "pg_cron"]:
-    """The backend a plain five-field UTC schedule would get (what `auto` means on this database)."""
-    if backend == "builtin":
-        return "builtin"
-    return "pg_cron" if await pg_cron_version(cron_db) is not None else "builtin"
-
-
 def _summary(backends: dict[str, str], default: str) -> str:
     used = set(backends.values())
     if len(used) == 2:
@@ -110,7 +104,7 @@ async def sync_schedules(
     db: Database,
     flows: Sequence[FlowDef],
     *,
-    backend: Backend = "auto",
+    backend: CronBackend = "auto",
     cron_db: Database | None = None,
     prune: bool = False,
 ) -> SyncReport:
@@ -261,39 +255,97 @@ def _definition_from_row(row: Any) -> ScheduleDef:
     )
 
 
-async def fire_due(db: Database, *, grace: float) -> float | None:
-    """Fire the due ticks of every built-in schedule whose flow a live worker serves; returns seconds until the
-    next tick (None: no such schedules). Unserved schedules are not even looked at: their ticks wait, unrecorded,
-    until a worker is back (then they are missed ticks like any other)."""
+PG_CRON_HEAD_START = 15.0
+"""Seconds the built-in leader leaves a pg_cron-backed schedule's tick to pg_cron before firing it itself."""
+
+
+@attrs.frozen
+class Plan:
+    """What one scheduler pass does with one schedule."""
+
+    catch_up: datetime.datetime | None
+    """The latest tick missed before the grace window, to fire (catch_up='once')."""
+    skip_to: datetime.datetime | None
+    """The latest tick missed before the grace window, to record as handled without firing (catch_up='skip')."""
+    due: list[datetime.datetime]
+    """Unrecorded ticks within the grace window, oldest first."""
+
+
+def plan_ticks(
+    schedule: ScheduleDef,
+    *,
+    since: datetime.datetime,
+    now: datetime.datetime,
+    grace: float,
+    head_start: float = 0.0,
+    recorded: frozenset[datetime.datetime] = frozenset(),
+    first: datetime.datetime | None = None,
+) -> Plan:
+    """Which ticks to fire now: every unrecorded tick after `since` (the last tick fired or skipped) within `grace`
+    seconds of `now` and at least `head_start` seconds old, plus, when ticks were missed before that window, the
+    latest of them if catch_up is 'once'. `first`: list the window's ticks from there instead of from `since`.
+
+    The work does not depend on how long ago `since` was: only the window's ticks are listed, and the latest tick
+    before it is one step back with croniter."""
+    window = now - datetime.timedelta(seconds=grace)
+    after = max(since if first is None else first, window)
+    due = [t for t in ticks_between(schedule, after, now - datetime.timedelta(seconds=head_start)) if t not in recorded]
+    missed = latest_tick(schedule, window) if since < window else None
+    if missed is None or missed <= since:
+        return Plan(None, None, due)
+    if schedule.catch_up == "once":
+        return Plan(missed, None, due)
+    return Plan(None, missed, due)
+
+
+async def fire_due(db: Database, *, grace: float, head_start: float = PG_CRON_HEAD_START) -> float | None:
+    """Fire the due ticks of every schedule whose flow a live worker serves; returns seconds until the next tick
+    (None: no such schedules).
+
+    Built-in schedules fire on time. A pg_cron-backed schedule's tick is fired here only once it is `head_start`
+    seconds old and still unrecorded (pg_cron missed it, say while no worker served the flow), within `grace`:
+    `fire_schedule` records each (schedule, tick) once, so whichever of the two comes second starts nothing.
+    pg_cron calls it with the tick `date_trunc('minute', clock_timestamp())`, the minute's UTC instant, exactly
+    as the ticks computed here. Unserved schedules are not even looked at: their ticks wait, unrecorded, until a
+    worker is back (then they are missed ticks like any other)."""
     rows = await db.fetch(
-        "SELECT name, flow_slug, expression, timezone, catch_up, coalesce(last_tick, created_at) AS since, "
-        "clock_timestamp() AS now FROM pgflow_trio.schedules "
-        "WHERE backend = 'builtin' AND pgflow_trio.flow_is_served(flow_slug)"
+        "SELECT s.name, s.flow_slug, s.expression, s.timezone, s.catch_up, s.backend, "
+        "coalesce(s.last_tick, s.created_at) AS since, s.created_at, clock_timestamp() AS now, "
+        "ARRAY(SELECT c.tick FROM pgflow_trio.cron_ticks c WHERE c.schedule_name = s.name "
+        "      AND c.tick > clock_timestamp() - make_interval(secs => $1)) AS recorded "
+        "FROM pgflow_trio.schedules s WHERE pgflow_trio.flow_is_served(s.flow_slug)",
+        grace + head_start + 1,
     )
     soonest: float | None = None
     for row in rows:
         schedule = _definition_from_row(row)
         now: datetime.datetime = row["now"]
-        ticks = ticks_between(schedule, row["since"], now)
-        recent = [t for t in ticks if (now - t).total_seconds() <= grace]
-        missed = [t for t in ticks if (now - t).total_seconds() > grace]
-        fire = list(recent)
-        if missed and schedule.catch_up == "once" and not recent:
-            fire.insert(0, missed[-1])
-        for tick in fire:
-            run_id = await db.fetchval("SELECT pgflow_trio.fire_schedule($1, $2)", schedule.name, tick)
-            if run_id is not None:
-                log.info("schedule %s fired tick %s: run %s", schedule.name, tick.isoformat(), run_id)
-        if missed and not fire:
-            log.warning("schedule %s skipped %d missed tick(s) (catch_up=skip)", schedule.name, len(missed))
+        on_pg_cron = row["backend"] == "pg_cron"
+        # pg_cron may fire a later tick before this leader fires an earlier one it missed: the window of a
+        # pg_cron-backed schedule is listed from its creation, and recorded ticks are left out.
+        plan = plan_ticks(
+            schedule,
+            since=row["since"],
+            now=now,
+            grace=grace,
+            head_start=head_start if on_pg_cron else 0.0,
+            recorded=frozenset(row["recorded"]),
+            first=row["created_at"] if on_pg_cron else None,
+        )
+        if plan.skip_to is not None:
+            log.warning("schedule %s skipped the ticks missed up to %s (catch_up=skip)", schedule.name, plan.skip_to)
             await db.execute(
                 "UPDATE pgflow_trio.schedules SET last_tick = greatest(last_tick, $2) WHERE name = $1",
                 schedule.name,
-                missed[-1],
+                plan.skip_to,
             )
+        for tick in ([plan.catch_up] if plan.catch_up is not None else []) + plan.due:
+            run_id = await db.fetchval("SELECT pgflow_trio.fire_schedule($1, $2)", schedule.name, tick)
+            if run_id is not None:
+                log.info("schedule %s fired tick %s: run %s", schedule.name, tick.isoformat(), run_id)
         upcoming = next_ticks(schedule, now, 1)
         if upcoming:
-            wait = (upcoming[0] - now).total_seconds()
+            wait = (upcoming[0] - now).total_seconds() + (head_start if on_pg_cron else 0.0)
             soonest = wait if soonest is None else min(soonest, wait)
     return soonest
 

@@ -15,7 +15,7 @@ from pgflow_trio._codec import structure
 from pgflow_trio._definitions._context import Context
 from pgflow_trio._definitions._model import FlowDef, ParamKind, StepDef
 from pgflow_trio._definitions._values import encode_output, field_of
-from pgflow_trio._exceptions import DefinitionError
+from pgflow_trio._exceptions import DefinitionError, SerializationError, TaskInputError
 
 
 def instantiate(flow: FlowDef, target: object) -> object:
@@ -64,8 +64,14 @@ def _typed_context(flow: FlowDef, ctx: Context, where: str) -> Context:
 
 
 async def call_handler(flow: FlowDef, step: StepDef, instance: object, task_input: Any, ctx: Context) -> str:
-    """Run one task of a typed step and return its output as the JSON text for complete_task."""
+    """Run one task of a typed step and return its output as the JSON text for complete_task.
+
+    Raises TaskInputError when the task input does not fit the handler's parameters (before calling it), and
+    SerializationError when the output does not fit its declared type or cannot be JSON."""
     assert step.handler is not None
-    kwargs = build_arguments(flow, step, task_input, ctx)
+    try:
+        kwargs = build_arguments(flow, step, task_input, ctx)
+    except SerializationError as exc:
+        raise TaskInputError(str(exc)) from exc
     result = await step.handler(instance, **kwargs)
     return encode_output(flow, step, result)

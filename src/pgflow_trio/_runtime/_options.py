@@ -79,8 +79,8 @@ class WorkerOptions:
     signal: Signal = attrs.field(
         default="notify", validator=one_of("worker", Signal), metadata=_help("how new work is noticed")
     )
-    """`notify`: the reader wakes when a message may have become readable (pgmq insert notifications, our trigger
-    for messages made visible earlier, a timer for the next invisible message), plus a fallback poll;
+    """`notify`: the reader wakes when a message may have become readable (our triggers on inserts and on messages
+    made visible earlier, a timer for the next invisible message), plus a fallback poll;
     `poll`: read_with_poll."""
     poll_min: float = attrs.field(default=0.05, validator=_seconds, metadata=_help("shortest poll interval (busy)"))
     """Shortest server-side poll interval (used while busy); it doubles while idle up to `poll_max`."""

@@ -23,10 +23,16 @@ from pgflow_trio._codec import encode
 from pgflow_trio._definitions._context import Context
 from pgflow_trio._definitions._flow import Definition, definition_of
 from pgflow_trio._definitions._model import FlowDef
-from pgflow_trio._definitions._values import encode_output
-from pgflow_trio._exceptions import ConnectionLost, DatabaseError, DefinitionError, PgflowError, SerializationError
+from pgflow_trio._exceptions import (
+    ConfigurationError,
+    ConnectionLost,
+    DatabaseError,
+    DefinitionError,
+    PgflowError,
+    TaskInputError,
+)
 from pgflow_trio._runtime._completer import Completer
-from pgflow_trio._runtime._execute import build_arguments, instantiate
+from pgflow_trio._runtime._execute import call_handler, instantiate
 from pgflow_trio._runtime._options import WorkerOptions
 from pgflow_trio._store import Database, MissedNotifications, open_listener
 from pgflow_trio._store._registry import ensure_flow
@@ -36,7 +42,7 @@ from pgflow_trio._store._worker_queries import (
     fail_permanently,
     read_and_claim,
     release,
-    visible_channel,
+    wake_channel,
 )
 
 log = logging.getLogger("pgflow_trio.worker")
@@ -48,14 +54,6 @@ _ERROR_LIMIT = 2000
 
 _Report = Literal["complete", "fail", "fail_permanently"]
 _SQL_NAMES = {"complete": "complete_task", "fail": "fail_task", "fail_permanently": "fail_task_permanently"}
-
-
-class _BadInput(Exception):
-    """The task input cannot be structured into the handler's parameters: no retry can change that."""
-
-    def __init__(self, error: SerializationError) -> None:
-        super().__init__(str(error))
-        self.error = error
 
 
 @attrs.frozen
@@ -146,6 +144,7 @@ class Worker:
     # ---- lifecycle -----------------------------------------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[Worker] = trio.TASK_STATUS_IGNORED) -> None:
         """Register, then serve until stopped or cancelled. `task_status.started(self)` once reading."""
+        await self._check_liveness_bound()
         if self.options.register_flow and await ensure_flow(self.db, self.flow):
             log.info("created flow %s in the database", self.flow.slug)
         await self._register()
@@ -177,6 +176,30 @@ class Worker:
                 await self._deregister()
         log.info("worker %s (%s) stopped: %s", self.worker_id, self.flow.slug, self.stats)
 
+    async def _check_liveness_bound(self) -> None:
+        """A worker counts as live for its flow's schedules while it heartbeats within
+        `pgflow_trio.live_worker_seconds` (60 s unless set): refuse a heartbeat interval above half of that, so
+        that one late or lost heartbeat does not make the schedules skip ticks."""
+        row = await self.db.fetchrow(
+            "SELECT pgflow_trio.live_worker_seconds() AS bound, "
+            "current_setting('pgflow_trio.live_worker_seconds', true) AS setting"
+        )
+        assert row is not None
+        bound: float = row["bound"]
+        setting: str | None = row["setting"]
+        if setting and setting.strip() and _seconds(setting) != bound:
+            log.warning(
+                "pgflow_trio.live_worker_seconds = %r is not a positive number of seconds; %g s apply", setting, bound
+            )
+        if self.options.heartbeat_interval > bound / 2:
+            raise ConfigurationError(
+                f"worker option heartbeat_interval ({self.options.heartbeat_interval:g} s) must be at most half of "
+                f"pgflow_trio.live_worker_seconds ({bound:g} s), the silence after which a worker no longer counts "
+                f"as serving its flow's schedules: lower heartbeat_interval (--heartbeat-interval, "
+                f"PGFLOW_HEARTBEAT_INTERVAL), or raise the setting (ALTER DATABASE ... SET "
+                f"pgflow_trio.live_worker_seconds = '{math.ceil(self.options.heartbeat_interval * 2)}')"
+            )
+
     async def _register(self) -> None:
         rows = await self.db.fetch(
             "SELECT step_slug, coalesce(s.opt_timeout, f.opt_timeout) AS timeout FROM pgflow.steps s "
@@ -204,26 +227,19 @@ class Worker:
             log.warning("could not mark worker %s stopped: %s", self.worker_id, exc)
 
     async def _enable_notify(self) -> bool:
-        """Make the queue notify whenever a message may have become readable: pgmq's insert notifications
-        (unthrottled) and our trigger for messages made visible earlier without an insert (retries, tasks handed
-        back or recovered, failures reported by any process). Once per queue; concurrent workers serialize on a
-        lock."""
+        """Make the queue notify whenever a message may have become readable: our triggers notify on inserts and
+        when a message becomes visible earlier without an insert (retries, tasks handed back or recovered,
+        failures reported by any process). Once per queue; concurrent workers serialize on a lock. (pgmq's own
+        insert notifications are not used: they stay silent for a queue name with capitals.)"""
         try:
             async with self.db.transaction() as tx:
                 await tx.execute(
                     "SELECT pg_advisory_xact_lock(hashtextextended('pgflow_trio:notify:' || $1, 0))", self.flow.slug
                 )
-                enabled = await tx.fetchval(
-                    "SELECT EXISTS (SELECT 1 FROM pgmq.notify_insert_throttle "
-                    "WHERE queue_name = $1 AND throttle_interval_ms = 0)",
-                    self.flow.slug,
-                )
-                if not enabled:
-                    await tx.execute("SELECT pgmq.enable_notify_insert($1, 0)", self.flow.slug)
                 await tx.execute("SELECT pgflow_trio.enable_notify_visible($1)", self.flow.slug)
             return True
         except DatabaseError as exc:
-            log.warning("pgmq insert notifications unavailable (%s); polling instead", exc)
+            log.warning("queue notifications unavailable (%s); polling instead", exc)
             return False
 
     # ---- reading -------------------------------------------------------------------------------------------
@@ -283,7 +299,7 @@ class Worker:
                         await self._wake.wait()
 
     async def _notify_loop(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        channels = [f"pgmq.q_{self.flow.slug}.INSERT", visible_channel(self.flow.slug)]
+        channels = [wake_channel(self.flow.slug)]
         async with open_listener(self.db, channels) as listener:
             task_status.started()
             async for event in listener:
@@ -332,17 +348,17 @@ class Worker:
             try:
                 with trio.move_on_after(timeout) as deadline:
                     output_json = await self._invoke(step.slug, task, ctx)
-            except _BadInput as bad:
+            except TaskInputError as bad:
                 log.error(
                     "task %s/%s[%d] of run %s failed without retry, its input does not fit the handler: %s",
                     self.flow.slug,
                     task.step_slug,
                     task.task_index,
                     task.run_id,
-                    " ".join(str(bad.error).split()),
+                    " ".join(str(bad).split()),
                 )
                 self.stats.failed += 1
-                await self._report("fail_permanently", task, _error_text(bad.error))
+                await self._report("fail_permanently", task, _error_text(bad))
                 return
             except Exception as exc:
                 log.error(
@@ -386,14 +402,7 @@ class Worker:
         if self.served.handlers is not None:
             result = await self.served.handlers[slug](task.input, ctx)
             return encode(result, what=f"output of step {self.flow.slug}.{slug}")
-        step = self.flow.step(slug)
-        assert step.handler is not None
-        try:
-            kwargs = build_arguments(self.flow, step, task.input, ctx)
-        except SerializationError as exc:
-            raise _BadInput(exc) from exc
-        result = await step.handler(self.served.instance, **kwargs)
-        return encode_output(self.flow, step, result)
+        return await call_handler(self.flow, self.flow.step(slug), self.served.instance, task.input, ctx)
 
     async def _report(self, kind: _Report, task: ClaimedTask, payload: str) -> None:
         """complete_task (batched) or fail_task, retried while the connection is down; a complete_task the
@@ -404,9 +413,12 @@ class Worker:
             try:
                 if kind == "complete":
                     await self._completer.complete(task, payload)
+                elif kind == "fail":
+                    await self.db.run(functools.partial(fail, task=task, payload=payload))
                 else:
-                    failing = fail if kind == "fail" else fail_permanently
-                    await self.db.run(functools.partial(failing, task=task, payload=payload))
+                    await self.db.run(
+                        functools.partial(fail_permanently, worker_id=self.worker_id, task=task, payload=payload)
+                    )
                 return
             except ConnectionLost as exc:
                 log.warning("reporting task %s failed (%s); retry %d", where, exc, attempt + 1)
@@ -497,6 +509,13 @@ class Worker:
                 continue
             for r in due:
                 r.visible_until = now + offset
+
+
+def _seconds(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
 
 
 def _error_text(exc: BaseException) -> str:

@@ -71,6 +71,7 @@ async def resolve_dsn(dsn: str | None = None, *, data_dir: Path | None = None) -
     if env:
         parse_dsn(env, source=DSN_ENV)
         return env
+    check_embedded_environment()
     return await trio.to_thread.run_sync(start_embedded, data_dir)
 
 
@@ -79,7 +80,25 @@ async def resolve_dsn(dsn: str | None = None, *, data_dir: Path | None = None) -
 CONNECT_TIMEOUT_ENV = "PGFLOW_CONNECT_TIMEOUT"
 DEFAULT_CONNECT_TIMEOUT = 10.0
 _SCHEMES = ("postgresql", "postgres")
-_SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+_TLS_VERSIONS = ("TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3")
+_CHOICES = {
+    "sslmode": ("disable", "allow", "prefer", "require", "verify-ca", "verify-full"),
+    "sslnegotiation": ("postgres", "direct"),
+    "target_session_attrs": ("any", "primary", "standby", "prefer-standby", "read-write", "read-only"),
+    "gsslib": ("gssapi", "sspi"),
+    "ssl_min_protocol_version": _TLS_VERSIONS,
+    "ssl_max_protocol_version": _TLS_VERSIONS,
+}
+"""The DSN parameters asyncpg reads from a fixed set of values (libpq's spelling)."""
+_CHOICE_ENV = {
+    "sslmode": "PGSSLMODE",
+    "sslnegotiation": "PGSSLNEGOTIATION",
+    "target_session_attrs": "PGTARGETSESSIONATTRS",
+    "gsslib": "PGGSSLIB",
+    "ssl_min_protocol_version": "PGSSLMINPROTOCOLVERSION",
+    "ssl_max_protocol_version": "PGSSLMAXPROTOCOLVERSION",
+}
+"""The environment variable asyncpg reads for each of those parameters when the DSN does not set it."""
 _CONNINFO_PAIR = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*")
 
 
@@ -125,12 +144,41 @@ def _ports(text: str, where: str) -> list[int]:
     return [_port(part, where) for part in text.split(",")]
 
 
+def _env_where(name: str, value: str) -> str:
+    return f"${name}={value!r}"
+
+
 def _default_ports(count: int, where: str) -> list[int]:
+    """The ports of hosts the DSN gives none for: $PGPORT (as asyncpg reads it), else 5432."""
     env = os.environ.get("PGPORT")
     if not env:
         return [5432] * count
-    ports = _ports(env, f"{where} (port from PGPORT)")
+    ports = _ports(env, _env_where("PGPORT", env))
     return ports * count if len(ports) == 1 else ports
+
+
+def _check_choice(key: str, value: str, where: str) -> None:
+    allowed = _CHOICES[key]
+    if value not in allowed and not (value == "" and allowed is _TLS_VERSIONS):  # asyncpg skips an empty one
+        raise ConfigurationError(f"{where}: {key} must be one of {', '.join(allowed)}, got {value!r}")
+
+
+def _check_choices(options: dict[str, str], where: str) -> None:
+    """Each fixed-choice parameter, from the DSN or else from the environment variable asyncpg reads for it."""
+    for key, env_name in _CHOICE_ENV.items():
+        if key in options:
+            _check_choice(key, options[key], where)
+        elif (env := os.environ.get(env_name)) is not None:
+            _check_choice(key, env, _env_where(env_name, env))
+
+
+def check_embedded_environment() -> None:
+    """Check the PG* variables the embedded PostgreSQL and asyncpg's connection to it read, naming a wrong one
+    (a wrong $PGPORT otherwise ends as a failed pg_ctl without a word about it)."""
+    env = os.environ.get("PGPORT")
+    if env and len(_ports(env, _env_where("PGPORT", env))) != 1:
+        raise ConfigurationError(f"{_env_where('PGPORT', env)}: the embedded PostgreSQL listens on one port")
+    _check_choices({}, "")
 
 
 def _hosts(hostlist: str, ports: list[int] | None, where: str) -> tuple[Address, ...]:
@@ -243,11 +291,11 @@ def parse_dsn(dsn: str, *, source: str | None = None) -> ParsedDsn:
         addresses = _hosts(hostspec, None, where)
     elif options.get("host"):
         addresses = _hosts(options["host"], ports, where)
+    elif env_host := os.environ.get("PGHOST"):
+        addresses = _hosts(env_host, ports, _env_where("PGHOST", env_host))
     elif ports is None:
         _default_ports(1, where)
-    sslmode = options.get("sslmode")
-    if sslmode is not None and sslmode not in _SSLMODES:
-        raise ConfigurationError(f"{where}: sslmode must be one of {', '.join(_SSLMODES)}, got {sslmode!r}")
+    _check_choices(options, where)
     timeout = _connect_timeout(options["connect_timeout"], where) if "connect_timeout" in options else None
     kept = [(key, value) for key, value in query if key != "connect_timeout"]
     uri = urllib.parse.urlunsplit(parsed._replace(query=urllib.parse.urlencode(kept, quote_via=urllib.parse.quote)))

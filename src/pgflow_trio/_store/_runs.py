@@ -14,6 +14,7 @@ from pgflow_trio._definitions._model import slug_problem
 from pgflow_trio._exceptions import DefinitionError, FlowNotFound
 from pgflow_trio._models import Run, RunPage, StepState
 from pgflow_trio._store import RawConnection, Record
+from pgflow_trio._store._worker_queries import queue_table
 
 _RUN_COLUMNS = (
     "run_id, flow_slug, status, input::text AS input, output::text AS output, remaining_steps, "
@@ -52,7 +53,7 @@ async def start_run(
             )
             if at is not None or delay is not None:
                 await con.execute(
-                    f'UPDATE pgmq."q_{checked_slug(slug)}" SET vt = greatest(vt, coalesce($2, clock_timestamp() '
+                    f"UPDATE {queue_table(checked_slug(slug))} SET vt = greatest(vt, coalesce($2, clock_timestamp() "
                     "+ make_interval(secs => $3))) WHERE msg_id IN (SELECT message_id FROM pgflow.step_tasks "
                     "WHERE run_id = $1 AND message_id IS NOT NULL)",
                     new_id,

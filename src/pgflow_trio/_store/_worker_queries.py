@@ -31,13 +31,22 @@ class ReadResult:
     next_visible_in: float | None  # seconds until the next invisible message becomes visible, if asked
 
 
-def _queue_table(queue: str) -> str:
-    return f'pgmq."q_{queue}"'  # queue = a validated flow slug ([a-zA-Z][a-zA-Z0-9_]*)
+def queue_table_name(queue: str) -> str:
+    """The name of pgmq's table for `queue`: `q_` and the queue name in lower case, as pgmq.format_table_name
+    makes it ("MyFlow" -> q_myflow). Our triggers name their channel after that table, so every name below derives
+    from this one. `queue` is a validated flow slug (ASCII letters, digits, `_`)."""
+    return "q_" + queue.lower()
 
 
-def visible_channel(queue: str) -> str:
-    """The channel our trigger notifies when a message of `queue` becomes visible earlier than it was."""
-    return f"pgflow_trio.q_{queue}"
+def queue_table(queue: str) -> str:
+    """The queue's table, qualified and quoted, for SQL text."""
+    return f'pgmq."{queue_table_name(queue)}"'
+
+
+def wake_channel(queue: str) -> str:
+    """The channel our triggers notify when messages of `queue` are inserted or become visible earlier than they
+    were (`pgflow_trio.enable_notify_visible`)."""
+    return f"pgflow_trio.{queue_table_name(queue)}"
 
 
 async def _details(con: RawConnection, rows: list[Record]) -> list[ClaimedTask]:
@@ -109,7 +118,7 @@ async def read_and_claim(
     next_visible = None
     if want_next_visible and not rows:
         next_visible = await con.fetchval(
-            f"SELECT extract(epoch FROM min(vt) - clock_timestamp())::float8 FROM {_queue_table(queue)} "
+            f"SELECT extract(epoch FROM min(vt) - clock_timestamp())::float8 FROM {queue_table(queue)} "
             "WHERE vt > clock_timestamp()"
         )
     return ReadResult(tasks, len(rows), next_visible)
@@ -140,13 +149,15 @@ async def fail(con: RawConnection, *, task: ClaimedTask, payload: str) -> None:
     await con.execute("SELECT pgflow.fail_task($1, $2, $3, $4)", task.run_id, task.step_slug, task.task_index, payload)
 
 
-async def fail_permanently(con: RawConnection, *, task: ClaimedTask, payload: str) -> None:
-    """Fail the task without retrying it (its remaining attempts could not succeed); pgflow fails step and run."""
+async def fail_permanently(con: RawConnection, *, worker_id: uuid.UUID, task: ClaimedTask, payload: str) -> None:
+    """Fail the task without retrying it (its remaining attempts could not succeed); pgflow fails step and run.
+    Nothing happens unless the task is still started by `worker_id`."""
     await con.execute(
-        "SELECT pgflow_trio.fail_task_permanently($1, $2, $3, $4)",
+        "SELECT pgflow_trio.fail_task_permanently($1, $2, $3, $4, $5)",
         task.run_id,
         task.step_slug,
         task.task_index,
+        worker_id,
         payload,
     )
 
