@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import trio
 
-from pgflow_trio import open_engine
+from pgflow_trio import EngineOptions, WorkerOptions, open_engine
 
 from . import flows
 from .helpers import ROOT, cli
@@ -386,3 +386,96 @@ def test_a_dsns_own_connect_timeout_wins_over_the_variable(monkeypatch: pytest.M
     monkeypatch.setenv("PGFLOW_CONNECT_TIMEOUT", "soon")
     with pytest.raises(ConfigurationError, match="PGFLOW_CONNECT_TIMEOUT"):
         _connect_timeout(args)
+
+
+# ---- options: one source for validation, defaults and help ----------------------------------------------------
+
+
+def _parser_action(command: str, dest: str) -> Any:
+    from pgflow_trio._cli._commands import build_parser
+
+    parser = build_parser()._subparsers._group_actions[0].choices[command]  # type: ignore[union-attr]
+    return next(action for action in parser._actions if action.dest == dest)
+
+
+def test_each_settings_help_and_default_come_from_its_field() -> None:
+    import attrs
+
+    from pgflow_trio._cli._commands import CONNECT_TIMEOUT, STALE_AFTER, WORKER_SETTINGS
+
+    cases = [("worker", WorkerOptions, s) for s in WORKER_SETTINGS]
+    cases += [("worker", EngineOptions, CONNECT_TIMEOUT), ("health", EngineOptions, STALE_AFTER)]
+    for command, options, setting in cases:
+        field = attrs.fields_dict(options)[setting.field]
+        action = _parser_action(command, setting.field)
+        assert action.option_strings == [setting.flag] and setting.env == f"PGFLOW_{setting.field.upper()}"
+        default = (
+            "none"
+            if field.default is None
+            else f"{field.default:g}"
+            if isinstance(field.default, float)
+            else field.default
+        )
+        assert action.help == f"{field.metadata['help']} (${setting.env}, default {default})"
+    assert _parser_action("health", "stale_after").help.startswith("workers silent this long count as stale")
+    assert _parser_action("worker", "stale_after").help.startswith("a worker silent this long is presumed dead")
+    every = [*attrs.fields(WorkerOptions), *attrs.fields(EngineOptions)]
+    assert [f.name for f in every if not f.metadata.get("help")] == []
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: WorkerOptions(concurrency=0), "worker option concurrency must be an integer >= 1, got 0"),
+        (lambda: WorkerOptions(batch_size=True), "worker option batch_size must be an integer >= 1, got True"),
+        (lambda: WorkerOptions(read_visibility=2.5), "worker option read_visibility must be an integer >= 1, got 2.5"),
+        (lambda: WorkerOptions(shutdown_grace=-1), "worker option shutdown_grace must be a positive number, got -1"),
+        (lambda: WorkerOptions(poll_min=float("nan")), "worker option poll_min must be a positive number, got nan"),
+        (lambda: WorkerOptions(poll_max="1"), "worker option poll_max must be a positive number, got '1'"),
+        (lambda: WorkerOptions(signal="shout"), "worker option signal must be 'poll' or 'notify', got 'shout'"),
+        (
+            lambda: WorkerOptions(cron_backend="cron"),
+            "worker option cron_backend must be 'auto', 'builtin' or 'pg_cron', got 'cron'",
+        ),
+        (lambda: WorkerOptions(scheduler="no"), "worker option scheduler must be True or False, got 'no'"),
+        (lambda: WorkerOptions(register_flow=0), "worker option register_flow must be True or False, got 0"),
+        (lambda: EngineOptions(pool_size=201), "engine option pool_size must be an integer from 1 to 200, got 201"),
+        (lambda: EngineOptions(events="yes"), "engine option events must be True or False, got 'yes'"),
+        (lambda: EngineOptions(connect_timeout=0), "engine option connect_timeout must be a positive number, got 0"),
+        (lambda: EngineOptions(stale_after=float("nan")), "engine option stale_after must be a positive number"),
+    ],
+)
+def test_a_bad_option_is_a_configuration_error_naming_it_and_what_it_accepts(make: Any, message: str) -> None:
+    from pgflow_trio import ConfigurationError
+
+    with pytest.raises(ConfigurationError) as caught:
+        make()
+    assert str(caught.value).startswith(message)
+
+
+def test_good_options_are_kept() -> None:
+    options = WorkerOptions(concurrency=3, poll_min=1, shutdown_grace=float("inf"), signal="poll", scheduler=False)
+    assert (options.concurrency, options.poll_min, options.signal, options.scheduler) == (3, 1, "poll", False)
+    assert EngineOptions(connect_timeout=None).connect_timeout is None
+    assert EngineOptions(connect_timeout=2, pool_size=200).pool_size == 200
+
+
+def test_user_directories_keep_their_linux_paths(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from pgflow_trio._store._dsn import default_embedded_data_dir, user_cache_dir, user_data_dir
+
+    if sys.platform != "linux":
+        pytest.skip("the platform's own directories apply")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for name in ("XDG_DATA_HOME", "XDG_CACHE_HOME", "PGFLOW_DATA_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    assert user_data_dir() == tmp_path / ".local" / "share" / "pgflow_trio"
+    assert user_cache_dir() == tmp_path / ".cache" / "pgflow_trio"
+    assert default_embedded_data_dir() == tmp_path / ".local" / "share" / "pgflow_trio" / "embedded-pg"
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert (user_data_dir(), user_cache_dir()) == (
+        tmp_path / "data" / "pgflow_trio",
+        tmp_path / "cache" / "pgflow_trio",
+    )
+    monkeypatch.setenv("PGFLOW_DATA_DIR", str(tmp_path / "pg"))
+    assert default_embedded_data_dir() == tmp_path / "pg"

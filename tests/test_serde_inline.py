@@ -4,18 +4,32 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
+import json
 import uuid
 from typing import Any, Generic, Literal, NamedTuple, TypedDict, TypeVar
 
 import attrs
 import pytest
+import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pgflow_trio import Context, Flow, Job, SerializationError, definition_of, map_step, needs_all, run_inline, step
-from pgflow_trio._codec import from_json, structure, to_json, unstructure
+from pgflow_trio import (
+    Context,
+    Flow,
+    Job,
+    Schedule,
+    SerializationError,
+    definition_of,
+    map_step,
+    needs_all,
+    run_inline,
+    step,
+)
+from pgflow_trio._codec import encode, from_json, structure, to_json, unstructure
 from pgflow_trio._definitions._values import encode_output
-from pgflow_trio._runtime._execute import build_arguments
+from pgflow_trio._runtime._execute import build_arguments, call_handler
 
 
 @attrs.frozen
@@ -451,3 +465,145 @@ def test_a_mapping_stays_strict_on_every_call(annotation: Any, data: Any, messag
     for _ in range(3):  # the converter caches hooks: the second call must not get a laxer one
         with pytest.raises(SerializationError, match=message):
             structure(data, annotation, what="x")
+
+
+# ---- one pass each way --------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Receipt:
+    order_id: int
+    lines: list[Line]
+    note: str
+
+
+class Receipts(Flow[Order, Receipt]):
+    @step
+    async def receipt(self, order: Order, ctx: Context) -> Receipt:
+        lines = [Line(f"sku-{i}", i, 1.5 * i) for i in range(20)]
+        return Receipt(order.order_id, lines, note="made by the handler")
+
+
+@pytest.fixture
+def encoded(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every JSON text json encodes from now on (json.dumps and encoder instances alike go through encode)."""
+    texts: list[str] = []
+    original = json.JSONEncoder.encode
+
+    def counting(self: json.JSONEncoder, o: Any) -> str:
+        text = original(self, o)
+        texts.append(text)
+        return text
+
+    monkeypatch.setattr(json.JSONEncoder, "encode", counting)
+    return texts
+
+
+async def test_a_step_output_becomes_json_text_with_one_encode(encoded: list[str]) -> None:
+    flow = definition_of(Receipts)
+    task_input = {"run": {"order_id": 3, "charge": {"amount": 5}}}
+    text = await call_handler(flow, flow.step("receipt"), Receipts(), task_input, _ctx("receipt"))
+    assert isinstance(text, str) and json.loads(text)["lines"][19] == {"sku": "sku-19", "qty": 19, "price": 28.5}
+    assert encoded == [text]
+
+
+async def test_an_inline_run_encodes_each_value_once(encoded: list[str]) -> None:
+    result = await run_inline(Receipts, Order(3, Charge(5)))
+    assert result.order_id == 3 and result.lines[1] == Line("sku-1", 1, 1.5)
+    assert len(encoded) == 2  # the flow input and the one step's output; nothing is re-encoded to copy it
+
+
+async def test_the_worker_encodes_an_output_once_and_sends_that_text(dsn: str, encoded: list[str]) -> None:
+    from pgflow_trio._runtime import serve
+    from pgflow_trio._store import open_database
+
+    from .helpers import FAST, start_run, wait_run
+
+    with trio.fail_after(30):
+        async with open_database(dsn, max_size=2) as db, trio.open_nursery() as nursery:
+            await nursery.start(functools.partial(serve, Receipts, dsn=dsn, options=FAST))
+            run_id = await start_run(db, "receipts", {"order_id": 4, "charge": {"amount": 1}})
+            status, output = await wait_run(db, run_id)
+            nursery.cancel_scope.cancel()
+    assert status == "completed" and output["receipt"]["note"] == "made by the handler"
+    outputs = [text for text in encoded if "made by the handler" in text]
+    assert len(outputs) == 1 and json.loads(outputs[0]) == output["receipt"]
+
+
+class Opaque:
+    def __repr__(self) -> str:
+        return "Opaque()"
+
+
+@attrs.frozen
+class Measured:
+    items: list[Line]
+    extra: dict[str, Any] = attrs.Factory(dict)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (Measured([Line("a", 1), Line("b", 2, float("nan"))]), r"not JSON compliant @ \$\.items\[1\]\.price$"),
+        (Measured([], {"deep": [1, {"x y": float("inf")}]}), r"@ \$\.extra\.deep\[1\]\['x y'\]$"),
+        (Measured([], {"when": object()}), r"Object of type object is not JSON serializable @ \$\.extra\.when$"),
+        (Measured([], {"k": {Opaque(): 3}}), r"keys must be str.* @ \$\.extra\.k \(key Opaque\(\)\)$"),
+    ],
+)
+def test_a_value_that_is_not_json_is_named_by_its_path(value: Measured, message: str) -> None:
+    with pytest.raises(SerializationError, match=r"^x: cannot be turned into JSON: .*" + message):
+        encode(value, what="x")
+
+
+def test_a_circular_value_is_named_not_walked_forever() -> None:
+    loop: list[Any] = [1]
+    loop.append({"back": loop})
+    with pytest.raises(SerializationError, match=r"^x: cannot be turned into JSON: maximum recursion depth"):
+        encode(loop, what="x")  # the converter gives up first
+    with pytest.raises(
+        SerializationError, match=r"Circular reference detected @ \$\[1\]\.back \(a circular reference\)$"
+    ):
+        to_json(loop, what="x")
+
+
+class Nightly(Flow[dict[int, tuple[str, ...]], int], cron=Schedule("0 3 * * *", input={7: ("a", "b")})):
+    @step
+    async def count(self, data: dict[int, tuple[str, ...]]) -> int:
+        return len(data)
+
+
+def test_a_schedule_keeps_its_input_as_the_database_holds_it() -> None:
+    (schedule,) = definition_of(Nightly).schedules
+    assert schedule.input == {"7": ["a", "b"]}
+
+
+async def test_syncing_a_schedule_twice_changes_nothing_the_second_time(dsn: str) -> None:
+    from pgflow_trio._runtime._cron import sync_schedules
+    from pgflow_trio._store import open_database
+    from pgflow_trio._store._registry import ensure_flow
+
+    flow = definition_of(Nightly)
+    with trio.fail_after(30):
+        async with open_database(dsn, max_size=2) as db:
+            await ensure_flow(db, flow)
+            first = await sync_schedules(db, [flow], backend="builtin")
+            second = await sync_schedules(db, [flow], backend="builtin")
+    assert first.created == ("nightly",)
+    assert (second.updated, second.unchanged) == ((), ("nightly",))
+
+
+def test_a_flow_input_taken_with_a_typed_context_is_structured_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pgflow_trio._runtime import _execute
+
+    calls: list[Any] = []
+
+    def counting(value: Any, annotation: Any, *, what: str, path: str = "$") -> Any:
+        calls.append(annotation)
+        return structure(value, annotation, what=what, path=path)
+
+    monkeypatch.setattr(_execute, "structure", counting)
+    flow = definition_of(TypedContext)
+    raw = {"order_id": 7, "charge": {"amount": 100}}
+    ctx = Context(uuid.uuid4(), "typed_context", "typed", 0, 1, raw, uuid.uuid4())
+    kwargs = build_arguments(flow, flow.step("typed"), {"run": raw}, ctx)
+    assert kwargs["ctx"].flow_input is kwargs["order"] and calls == [Order]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -81,6 +82,24 @@ class Hangs(Flow[int, str], slug="hangs", max_attempts=1, timeout=3):
     async def wait(self, n: int) -> str:
         await trio.sleep_forever()
         raise AssertionError("unreachable")
+
+
+@attrs.frozen
+class Parcel:
+    label: str
+    weights: list[float]
+
+
+class Ship(Flow[int, Parcel], slug="ship", max_attempts=1):
+    @step
+    async def pack(self, n: int = needs_input()) -> Parcel:
+        return Parcel("packed by the handler", [0.5] * n)
+
+
+class Unmeasurable(Flow[int, dict[str, float]], slug="unmeasurable", max_attempts=1):
+    @step
+    async def weigh(self, n: int = needs_input()) -> dict[str, float]:
+        return {"weight": float("nan")}
 
 
 # ---- the fixtures ---------------------------------------------------------------------------------------------------
@@ -198,6 +217,41 @@ async def test_drain_runs_a_flow_with_a_map_step_to_completion(pgflow_engine: En
     assert await first.result(timeout=5) == 14
     assert await second.result(timeout=5) == 5
     assert await drain(pgflow_engine, Totals) == []
+
+
+async def test_drain_encodes_each_output_once_and_reports_it_decoded(
+    pgflow_engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    texts: list[str] = []
+    original = json.JSONEncoder.encode
+
+    def counting(self: json.JSONEncoder, o: Any) -> str:
+        text = original(self, o)
+        texts.append(text)
+        return text
+
+    await pgflow_engine.upsert_flow(Ship)
+    handle = await pgflow_engine.start(Ship, 2)
+    monkeypatch.setattr(json.JSONEncoder, "encode", counting)  # json.dumps and encoder instances alike
+    with trio.fail_after(30):
+        [done] = await drain(pgflow_engine, Ship)
+    assert done.output == {"label": "packed by the handler", "weights": [0.5, 0.5]}
+    assert [text for text in texts if "packed by the handler" in text] == [
+        '{"label":"packed by the handler","weights":[0.5,0.5]}'
+    ]
+    assert await handle.result(timeout=5) == Parcel("packed by the handler", [0.5, 0.5])
+
+
+async def test_an_output_that_is_not_json_fails_its_task_naming_the_path(pgflow_engine: Engine) -> None:
+    await pgflow_engine.upsert_flow(Unmeasurable)
+    handle = await pgflow_engine.start(Unmeasurable, 1)
+    with trio.fail_after(30):
+        [only] = await drain(pgflow_engine, Unmeasurable)
+    assert (only.step, only.outcome, only.output) == ("weigh", "failed", None)
+    assert only.error is not None and "output of step unmeasurable.weigh" in only.error
+    assert only.error.endswith("@ $.weight")
+    with pytest.raises(RunFailed):
+        await handle.result(timeout=5)
 
 
 async def test_a_failing_step_retries_with_include_delayed_and_fails_after_max_attempts(pgflow_engine: Engine) -> None:

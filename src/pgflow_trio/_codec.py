@@ -1,5 +1,9 @@
 """JSON <-> typed values through one private cattrs Converter (never cattrs' global one).
 
+Each way is one pass. Out: `encode` unstructures a typed value once and encodes it once into the JSON text that goes
+to the database unchanged. In: JSON text is decoded once (`from_json`) and `structure` converts the data once into
+the annotated type.
+
 Plain JSON annotations (`dict`, `list`, `str`, `int`, `float`, `bool`, `None`, `Any`) pass through unchanged, and
 falsy values (0, false, "", []) keep their value. Structuring is strict about JSON kinds at every depth: an attrs
 class, a dataclass, a TypedDict or a dict needs a JSON object, a list/tuple/set/NamedTuple a JSON array (a fixed-size
@@ -15,6 +19,7 @@ import collections.abc
 import dataclasses
 import enum
 import json
+import math
 import re
 import typing
 from collections.abc import Callable
@@ -310,27 +315,64 @@ def structure(value: Any, annotation: Any, *, what: str, path: str = "$") -> Any
         raise SerializationError(f"{what}: {_describe(exc, path)}") from exc
 
 
+def encode(value: Any, *, what: str) -> str:
+    """A typed value as compact JSON text, in one pass: unstructured once, encoded once. SerializationError naming
+    `what` (and the path of the culprit) when it cannot be JSON."""
+    return to_json(unstructure(value, what=what), what=what)
+
+
 def unstructure(value: Any, *, what: str) -> Any:
-    """Convert a typed value into plain JSON data; raise SerializationError naming `what` when it cannot be."""
+    """A typed value as plain data (attrs classes become dicts...). Not yet proven to be JSON: `to_json` does that
+    while encoding, so nothing is encoded twice."""
     try:
-        data = _converter.unstructure(value)
-        to_json(data, what=what)  # proves it is JSON
-    except SerializationError:
-        raise
+        return _converter.unstructure(value)
     except Exception as exc:
         raise SerializationError(f"{what}: cannot be turned into JSON: {exc}") from exc
-    return data
+
+
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 def to_json(data: Any, *, what: str) -> str:
     """Encode plain data as compact JSON text (NaN and infinities are rejected, as PostgreSQL would)."""
     try:
-        return json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        return _ENCODER.encode(data)
     except (TypeError, ValueError) as exc:
-        raise SerializationError(f"{what}: cannot be turned into JSON: {exc}") from exc
+        raise SerializationError(f"{what}: cannot be turned into JSON: {exc} @ {_culprit(data, '$', ())}") from exc
+
+
+def _culprit(data: Any, path: str, parents: tuple[int, ...]) -> str:
+    """The path of the first value in `data` that is not JSON (only walked once encoding has failed)."""
+    found = _find_culprit(data, path, parents)
+    return path if found is None else found
+
+
+def _find_culprit(data: Any, path: str, parents: tuple[int, ...]) -> str | None:
+    if data is None or isinstance(data, (str, int)):
+        return None
+    if isinstance(data, float):
+        return None if math.isfinite(data) else path
+    if not isinstance(data, (list, tuple, dict)):
+        return path
+    if id(data) in parents:
+        return f"{path} (a circular reference)"
+    parents = (*parents, id(data))
+    if isinstance(data, dict):
+        for key, item in data.items():
+            if key is not None and not isinstance(key, (str, int, float)):
+                return f"{path} (key {key!r})"
+            step = f".{key}" if isinstance(key, str) and key.isidentifier() else f"[{key!r}]"
+            if (found := _find_culprit(item, path + step, parents)) is not None:
+                return found
+        return None
+    for index, item in enumerate(data):
+        if (found := _find_culprit(item, f"{path}[{index}]", parents)) is not None:
+            return found
+    return None
 
 
 def from_json(text: str | None) -> Any:
+    """Decode JSON text once (None stays None: a SQL NULL)."""
     return None if text is None else json.loads(text)
 
 

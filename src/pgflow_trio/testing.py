@@ -30,7 +30,7 @@ import traceback
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import attrs
@@ -38,7 +38,7 @@ import pytest
 import trio
 
 from pgflow_trio._client._engine import Engine, open_engine
-from pgflow_trio._codec import from_json, to_json, unstructure
+from pgflow_trio._codec import encode, from_json
 from pgflow_trio._definitions._context import Context
 from pgflow_trio._definitions._model import FlowDef, StepDef
 from pgflow_trio._exceptions import ConfigurationError, DatabaseError, DefinitionError, PgflowError, TaskInputError
@@ -221,7 +221,7 @@ async def _execute(db: Database, queue: _Queue, task: ClaimedTask) -> Executed:
     try:
         try:
             with trio.move_on_after(timeout) as deadline:
-                output = await _invoke(queue.served, flow.step(task.step_slug), task, ctx)
+                payload = await _invoke(queue.served, flow.step(task.step_slug), task, ctx)
         except TaskInputError as bad:
             _log.warning("task %s failed without retry, its input does not fit the handler: %s", where, bad)
             return await _failed(db, queue, task, flow, _error_text(bad), permanent=True)
@@ -236,10 +236,6 @@ async def _execute(db: Database, queue: _Queue, task: ClaimedTask) -> Executed:
         if deadline.cancelled_caught:
             message = f"TimeoutError: step {task.step_slug!r} exceeded its timeout of {timeout}s"
             return await _failed(db, queue, task, flow, message)
-        try:
-            payload = to_json(output, what=f"output of step {flow.slug}.{task.step_slug}")
-        except PgflowError as exc:
-            return await _failed(db, queue, task, flow, _error_text(exc))
         try:
             await db.run(functools.partial(complete, task=task, payload=payload))
         except DatabaseError as exc:
@@ -261,12 +257,13 @@ async def _hand_back(db: Database, queue: _Queue, task: ClaimedTask) -> None:
             )
 
 
-async def _invoke(what: Served, step: StepDef, task: ClaimedTask, ctx: Context) -> Any:
-    """The handler's output as JSON data, as a worker computes it (raw handlers get pgflow's task input)."""
+async def _invoke(what: Served, step: StepDef, task: ClaimedTask, ctx: Context) -> str:
+    """The handler's output as the JSON text for complete_task, encoded once, as a worker computes it (raw handlers
+    get pgflow's task input)."""
     flow = what.flow
     if what.handlers is not None:
         result = await what.handlers[step.slug](task.input, ctx)
-        return unstructure(result, what=f"output of step {flow.slug}.{step.slug}")
+        return encode(result, what=f"output of step {flow.slug}.{step.slug}")
     return await call_handler(flow, step, what.instance, task.input, ctx)
 
 

@@ -47,49 +47,49 @@ log = logging.getLogger("pgflow_trio")
 class Setting:
     """A command-line option that is also an environment variable and a field of an options class.
 
-    The field's type, validation and default come from the options class, so adding an option is one line in a
-    table below. Environment values are read when the command runs, never while the parser is built."""
+    Everything comes from the field: `--concurrency` and `$PGFLOW_CONCURRENCY` from its name, the value's type and
+    choices from its annotation, validation and default from the options class, the help from its
+    `metadata["help"]`. Adding an option is one name in a table below. Environment values are read when the command
+    runs, never while the parser is built."""
 
-    flag: str
     field: str
-    env: str
-    help: str
     aliases: tuple[str, ...] = ()
     """Older spellings of the flag, still accepted."""
 
+    @property
+    def flag(self) -> str:
+        return "--" + self.field.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return "PGFLOW_" + self.field.upper()
+
     def dest(self) -> str:
-        return self.flag.lstrip("-").replace("-", "_")
+        return self.field
 
 
-CRON_BACKEND = Setting(
-    "--cron-backend",
-    "cron_backend",
-    "PGFLOW_CRON_BACKEND",
-    "where each cron schedule runs: auto = pg_cron when installed and able to express it, else built-in",
-)
-
-
-WORKER_SETTINGS = (
-    Setting("--concurrency", "concurrency", "PGFLOW_CONCURRENCY", "tasks run at once per flow"),
-    Setting("--batch-size", "batch_size", "PGFLOW_BATCH_SIZE", "most messages read at once"),
-    Setting("--signal", "signal", "PGFLOW_SIGNAL", "how new work is noticed"),
-    Setting(
-        "--shutdown-grace", "shutdown_grace", "PGFLOW_SHUTDOWN_GRACE", "seconds running tasks get to finish on stop"
-    ),
-    Setting("--heartbeat-interval", "heartbeat_interval", "PGFLOW_HEARTBEAT_INTERVAL", "seconds between heartbeats"),
-    Setting(
-        "--stale-after",
+WORKER_SETTINGS = tuple(
+    Setting(name)
+    for name in (
+        "concurrency",
+        "batch_size",
+        "signal",
+        "shutdown_grace",
+        "heartbeat_interval",
         "stale_after",
-        "PGFLOW_STALE_AFTER",
-        "a worker silent this long is presumed dead and its tasks recovered",
-    ),
-    Setting("--recovery-interval", "recovery_interval", "PGFLOW_RECOVERY_INTERVAL", "seconds between recovery sweeps"),
-    CRON_BACKEND,
+        "recovery_interval",
+        "cron_backend",
+    )
 )
-CONNECT_TIMEOUT = Setting(
-    "--connect-timeout", "connect_timeout", "PGFLOW_CONNECT_TIMEOUT", "seconds a connection may take to open"
-)
-STALE_AFTER = Setting("--stale-after", "stale_after", "PGFLOW_STALE_AFTER", "workers silent this long count as stale")
+CRON_BACKEND = Setting("cron_backend")
+CONNECT_TIMEOUT = Setting("connect_timeout")
+STALE_AFTER = Setting("stale_after")
+
+
+def help_of(options: type[Any], field: str) -> str:
+    """The field's one-line help (its `metadata["help"]`)."""
+    text: str = attrs.fields_dict(options)[field].metadata["help"]
+    return text
 
 
 def _value_type(options: type[Any], field: str) -> Any:
@@ -143,7 +143,7 @@ def add_settings(parser: argparse.ArgumentParser, options: type[Any], settings: 
             dest=setting.dest(),
             type=functools.partial(_flag_value, hint),
             default=None,
-            help=f"{setting.help} (${setting.env}, default {shown})",
+            help=f"{help_of(options, setting.field)} (${setting.env}, default {shown})",
             **extra,
         )
 
@@ -237,7 +237,7 @@ def _readable_file(text: str) -> Path:
 
 def _add_database_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dsn", help="PostgreSQL DSN (default: $PGFLOW_DSN, else the embedded PostgreSQL)")
-    parser.add_argument("--data-dir", type=Path, help="data directory of the embedded PostgreSQL")
+    parser.add_argument("--data-dir", type=Path, help=f"{help_of(EngineOptions, 'data_dir')} ($PGFLOW_DATA_DIR)")
     add_settings(parser, EngineOptions, [CONNECT_TIMEOUT])
 
 
@@ -271,9 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("targets", nargs="+", metavar="TARGET", help="package.module:Attr or path/to/file.py:Attr")
     _add_database_options(worker)
     add_settings(worker, WorkerOptions, WORKER_SETTINGS)
-    worker.add_argument(
-        "--no-scheduler", action="store_true", help="do not run the built-in cron scheduler in this process"
-    )
+    worker.add_argument("--no-scheduler", action="store_true", help=f"do not {help_of(WorkerOptions, 'scheduler')}")
     worker.add_argument("--cron-dsn", help="the database where pg_cron is installed (default: --dsn)")
 
     start = commands.add_parser("start", help="start a run; print its id, or its output with --wait")

@@ -26,10 +26,11 @@ from pgflow_trio._client._manage import (
 from pgflow_trio._codec import to_json
 from pgflow_trio._definitions._flow import Definition, definition_of
 from pgflow_trio._definitions._model import FlowDef
-from pgflow_trio._definitions._values import decode_run_output, encode_input
+from pgflow_trio._definitions._values import decode_run_output, encode_input_json
 from pgflow_trio._exceptions import ConfigurationError, RunFailed, RunNotFound, RunTimeout, SchemaError
 from pgflow_trio._models import JSON, Event, FlowInfo, Health, JSONInput, Run, RunEvent, RunPage, Snapshot
 from pgflow_trio._runtime import ServeTarget, WorkerGroup, WorkerOptions, run_workers
+from pgflow_trio._runtime._options import boolean, integer, positive
 from pgflow_trio._store import Connection, Database, Record, open_database
 from pgflow_trio._store._dsn import resolve_dsn
 from pgflow_trio._store._runs import checked_slug, failure_of, fetch_run, list_runs, start_run
@@ -61,48 +62,47 @@ async def _require_schema(db: Database) -> None:
         raise SchemaError(f"{exc} (or open the engine with open_engine(install=True))") from None
 
 
-def _int_in_range(name: str, low: int, high: int) -> Any:
-    def check(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise ConfigurationError(f"engine option {name} must be an integer from {low} to {high}, got {value!r}")
-
-    return check
-
-
-def _positive_float(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise ConfigurationError(f"engine option {attribute.name} must be a positive number, got {value!r}")
-
-
-def _optional_positive_float(instance: object, attribute: attrs.Attribute[float | None], value: float | None) -> None:
-    if value is not None:
-        _positive_float(instance, attribute, value)  # type: ignore[arg-type]
-
-
-def _bool(instance: object, attribute: attrs.Attribute[bool], value: bool) -> None:
-    if not isinstance(value, bool):
-        raise ConfigurationError(f"engine option {attribute.name} must be True or False, got {value!r}")
+_seconds = positive("engine")
+_flag = boolean("engine")
 
 
 @attrs.frozen(kw_only=True)
 class EngineOptions:
     """Options of `open_engine`."""
 
-    pool_size: int = attrs.field(default=10, validator=_int_in_range("pool_size", 1, 200))
+    pool_size: int = attrs.field(
+        default=10, validator=integer("engine", 1, 200), metadata={"help": "most connections the engine opens"}
+    )
     """Most connections the engine opens (plus one for LISTEN)."""
-    events: bool = attrs.field(default=True, validator=_bool)
+    events: bool = attrs.field(default=True, validator=_flag, metadata={"help": "LISTEN for run events"})
     """LISTEN for run events (watch, event-driven result()); without it result() polls."""
-    recheck_interval: float = attrs.field(default=5.0, validator=_positive_float)
+    recheck_interval: float = attrs.field(
+        default=5.0,
+        validator=_seconds,
+        metadata={"help": "how often result() re-reads the run while waiting on events"},
+    )
     """How often result() re-reads the run while waiting on events (a safety net, not the mechanism)."""
-    poll_interval: float = attrs.field(default=0.2, validator=_positive_float)
+    poll_interval: float = attrs.field(
+        default=0.2, validator=_seconds, metadata={"help": "how often result() re-reads the run when events are off"}
+    )
     """How often result() re-reads the run when events are off."""
-    stale_after: float = attrs.field(default=30.0, validator=_positive_float)
+    stale_after: float = attrs.field(
+        default=30.0, validator=_seconds, metadata={"help": "workers silent this long count as stale"}
+    )
     """Workers silent this long count as stale (health, delete_flow)."""
-    check_schema: bool = attrs.field(default=True, validator=_bool)
+    check_schema: bool = attrs.field(
+        default=True, validator=_flag, metadata={"help": "refuse to open against a database whose schema is incomplete"}
+    )
     """Refuse to open against a database whose schema is incomplete (naming the install command)."""
-    data_dir: Path | None = None
+    data_dir: Path | None = attrs.field(
+        default=None, metadata={"help": "data directory of the embedded PostgreSQL when no DSN is given"}
+    )
     """Data directory of the embedded PostgreSQL when no DSN is given."""
-    connect_timeout: float | None = attrs.field(default=None, validator=_optional_positive_float)
+    connect_timeout: float | None = attrs.field(
+        default=None,
+        validator=attrs.validators.optional(_seconds),
+        metadata={"help": "seconds a connection may take to open"},
+    )
     """Seconds a new connection may take. None: the DSN's connect_timeout, else $PGFLOW_CONNECT_TIMEOUT, else 10."""
 
 
@@ -215,12 +215,11 @@ class _Starter:
         definition: FlowDef | None
         if isinstance(flow, str):
             definition, slug = None, checked_slug(flow)
-            data = input
+            input_json = to_json(input, what=f"input of {slug}")
         else:
             definition = definition_of(flow)
             slug = definition.slug
-            data = encode_input(definition, input)
-        input_json = to_json(data, what=f"input of {slug}")
+            input_json = encode_input_json(definition, input)
         rid, existed = await self._run_sql(
             functools.partial(start_run, slug=slug, input_json=input_json, run_id=_as_uuid(run_id), at=at, delay=delay)
         )

@@ -1,11 +1,12 @@
-"""A flow's values as JSON data: its input on the way in, each step's output, and the run's output back into the
-flow's declared output type. Used by the client, the runtime and schedules alike."""
+"""A flow's values as JSON: its input on the way in, each step's output on the way out (both as the JSON text that goes
+to the database unchanged), and the run's output back into the flow's declared output type. Used by the client, the
+runtime and schedules alike."""
 
 from __future__ import annotations
 
 from typing import Any, get_origin
 
-from pgflow_trio._codec import structure, unstructure
+from pgflow_trio._codec import encode, from_json, structure, to_json, unstructure
 from pgflow_trio._definitions._model import FlowDef, StepDef
 from pgflow_trio._exceptions import SerializationError
 
@@ -28,15 +29,15 @@ def _matches(value: Any, annotation: Any) -> bool:
     return True
 
 
-def encode_output(flow: FlowDef, step: StepDef, value: Any) -> Any:
-    """A handler's return value as JSON data, checked against the declared return type."""
+def encode_output(flow: FlowDef, step: StepDef, value: Any) -> str:
+    """A handler's return value as the JSON text for complete_task, checked against the declared return type."""
     where = f"output of step {flow.slug}.{step.slug}"
     if flow.typed and not _matches(value, step.output_type):
         raise SerializationError(
             f"{where}: declared {getattr(step.output_type, '__qualname__', step.output_type)}, "
             f"got {type(value).__qualname__}"
         )
-    return unstructure(value, what=where)
+    return encode(value, what=where)
 
 
 def decode_run_output(flow: FlowDef, output: Any) -> Any:
@@ -50,8 +51,8 @@ def decode_run_output(flow: FlowDef, output: Any) -> Any:
     return structure(output, flow.output_type, what=what)
 
 
-def encode_input(flow: FlowDef, value: Any) -> Any:
-    """A flow input as JSON data (checked against the flow's input type when it is typed)."""
+def encode_input_json(flow: FlowDef, value: Any) -> str:
+    """A flow input as the JSON text for start_flow (checked against the flow's input type when it is typed)."""
     what = f"input of {flow.slug}"
     if flow.typed and not _matches(value, flow.input_type):
         expected = getattr(flow.input_type, "__qualname__", repr(flow.input_type))
@@ -60,4 +61,10 @@ def encode_input(flow: FlowDef, value: Any) -> Any:
     root_map = any(s.is_map and not s.deps for s in flow.steps)
     if root_map and not isinstance(data, list):
         raise SerializationError(f"{what}: this flow maps over its input, which must be a list")
-    return data
+    return to_json(data, what=what)
+
+
+def encode_input(flow: FlowDef, value: Any) -> Any:
+    """A flow input as the JSON data the database will hold (tuples as arrays, object keys as strings): what a
+    schedule keeps, so it compares equal to the input read back from its table."""
+    return from_json(encode_input_json(flow, value))

@@ -1,4 +1,5 @@
-"""Calling a typed handler with pgflow's task input, and turning outputs into JSON and run outputs back into types.
+"""Calling a typed handler with pgflow's task input (structured once into the annotated types) and turning its output
+into the JSON text for complete_task (in one pass).
 
 Task input as pgflow core 0.8.1 builds it: a root step gets `{"run": <flow input>}`, a dependent step
 `{"run": ..., "<dep>": <output>, ...}`, a map step the one element it handles.
@@ -46,6 +47,8 @@ def build_arguments(flow: FlowDef, step: StepDef, task_input: Any, ctx: Context)
             kwargs[param.name] = structure(task_input, param.annotation, what=f"{where}: element {ctx.task_index}")
         elif param.kind is ParamKind.FLOW_INPUT:
             kwargs[param.name] = structure(field_of(task_input, "run", where), param.annotation, what=f"{where}: input")
+            if typed_ctx is None and flow.typed and param.annotation == flow.input_type:
+                typed_ctx = attrs.evolve(ctx, flow_input=kwargs[param.name])  # the flow input, structured once
         else:
             assert param.source is not None
             value = field_of(task_input, param.source, where)
@@ -60,11 +63,11 @@ def _typed_context(flow: FlowDef, ctx: Context, where: str) -> Context:
     return attrs.evolve(ctx, flow_input=flow_input)
 
 
-async def call_handler(flow: FlowDef, step: StepDef, instance: object, task_input: Any, ctx: Context) -> Any:
-    """Run one task of a typed step and return its output as JSON data.
+async def call_handler(flow: FlowDef, step: StepDef, instance: object, task_input: Any, ctx: Context) -> str:
+    """Run one task of a typed step and return its output as the JSON text for complete_task.
 
     Raises TaskInputError when the task input does not fit the handler's parameters (before calling it), and
-    SerializationError when the output does not fit its declared type."""
+    SerializationError when the output does not fit its declared type or cannot be JSON."""
     assert step.handler is not None
     try:
         kwargs = build_arguments(flow, step, task_input, ctx)

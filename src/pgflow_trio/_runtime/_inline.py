@@ -1,8 +1,8 @@
 """Run a typed flow or job in-process, without a database: for unit tests of handlers and for trying things out.
 
-Each task gets exactly the input pgflow core would build (through a JSON round trip), map steps fan out and fan in
-the same way, and the result is decoded into the declared output type. There are no retries: the first exception
-a handler raises propagates.
+Each task gets exactly the input pgflow core would build (every value encoded once, as for the database, and decoded
+once), map steps fan out and fan in the same way, and the result is structured into the declared output type. There
+are no retries: the first exception a handler raises propagates.
 """
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ from __future__ import annotations
 import uuid
 from typing import Any, ParamSpec, TypeVar
 
-from pgflow_trio._codec import from_json, to_json
+from pgflow_trio._codec import from_json
 from pgflow_trio._definitions._context import Context
 from pgflow_trio._definitions._flow import RunSignature, definition_of
 from pgflow_trio._definitions._model import FlowDef
-from pgflow_trio._definitions._values import decode_run_output, encode_input
+from pgflow_trio._definitions._values import decode_run_output, encode_input_json
 from pgflow_trio._runtime._execute import call_handler, instantiate
 
 P = ParamSpec("P")
@@ -27,10 +27,9 @@ async def run_inline(flow: RunSignature[P, Out], /, *args: P.args, **kwargs: P.k
     input = _the_input(args, kwargs)
     definition = definition_of(flow)
     instance = instantiate(definition, flow)
-    flow_input = from_json(to_json(encode_input(definition, input), what="input"))
+    flow_input = from_json(encode_input_json(definition, input))
     outputs = await _run_steps(definition, instance, flow_input)
-    run_output = {leaf: outputs[leaf] for leaf in definition.leaves}
-    result: Out = decode_run_output(definition, from_json(to_json(run_output, what="run output")))
+    result: Out = decode_run_output(definition, {leaf: outputs[leaf] for leaf in definition.leaves})
     return result
 
 
@@ -53,11 +52,9 @@ async def _run_steps(flow: FlowDef, instance: object, flow_input: Any) -> dict[s
             array = outputs[step.deps[0]] if step.deps else flow_input
             results = []
             for index, element in enumerate(array):
-                out = await call_handler(flow, step, instance, element, ctx(index))
-                results.append(from_json(to_json(out, what=step.slug)))
+                results.append(from_json(await call_handler(flow, step, instance, element, ctx(index))))
             outputs[step.slug] = results
         else:
             task_input = {"run": flow_input, **{dep: outputs[dep] for dep in step.deps}}
-            out = await call_handler(flow, step, instance, task_input, ctx(0))
-            outputs[step.slug] = from_json(to_json(out, what=step.slug))
+            outputs[step.slug] = from_json(await call_handler(flow, step, instance, task_input, ctx(0)))
     return outputs

@@ -1,82 +1,135 @@
-"""Worker options, validated when made; each can also come from a `PGFLOW_*` environment variable in the CLI."""
+"""Worker options, validated when made; each can also come from a `PGFLOW_*` environment variable in the CLI.
+
+The validators are attrs' own, composed; `checked` turns their TypeError/ValueError into a ConfigurationError that
+names the option and what it accepts. Each field's `metadata["help"]` is its one-line help, shown by the CLI.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import attrs
+from attrs import validators as v
 
 from pgflow_trio._exceptions import ConfigurationError
 
 Signal = Literal["poll", "notify"]
 CronBackend = Literal["auto", "builtin", "pg_cron"]
 
+Validator = Callable[[Any, "attrs.Attribute[Any]", Any], None]
 
-def _positive(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise ConfigurationError(f"worker option {attribute.name} must be a positive number, got {value!r}")
-
-
-def _count(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigurationError(f"worker option {attribute.name} must be an integer >= 1, got {value!r}")
+_NOT_BOOL = v.not_(v.instance_of(bool))  # True is an int to isinstance, never a count or a number of seconds
 
 
-def _one_of(choices: object) -> Callable[[object, attrs.Attribute[str], str], None]:
-    """A validator accepting exactly the values of a Literal type."""
-    allowed: tuple[str, ...] = get_args(choices)
-    spelled = ", ".join(repr(c) for c in allowed[:-1]) + f" or {allowed[-1]!r}"
+def checked(owner: str, allowed: str, *validators: Validator) -> Validator:
+    """attrs validators run in order; the first failure becomes a ConfigurationError such as
+    "worker option concurrency must be an integer >= 1, got 0" (`owner` "worker", `allowed` "an integer >= 1")."""
+    validate_all = v.and_(*validators)
 
-    def validate(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
-        if value not in allowed:
-            raise ConfigurationError(f"worker option {attribute.name} must be {spelled}, got {value!r}")
+    def validate(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+        try:
+            validate_all(instance, attribute, value)
+        except (TypeError, ValueError):
+            raise ConfigurationError(f"{owner} option {attribute.name} must be {allowed}, got {value!r}") from None
 
     return validate
 
 
+def integer(owner: str, low: int = 1, high: int | None = None) -> Validator:
+    """An int (not a bool) >= low, and <= high when given."""
+    if high is None:
+        return checked(owner, f"an integer >= {low}", _NOT_BOOL, v.instance_of(int), v.ge(low))
+    return checked(owner, f"an integer from {low} to {high}", _NOT_BOOL, v.instance_of(int), v.ge(low), v.le(high))
+
+
+def positive(owner: str) -> Validator:
+    """An int or float (not a bool) above zero; NaN is refused."""
+    return checked(owner, "a positive number", _NOT_BOOL, v.instance_of((int, float)), v.gt(0))
+
+
+def boolean(owner: str) -> Validator:
+    return checked(owner, "True or False", v.instance_of(bool))
+
+
+def one_of(owner: str, choices: Any) -> Validator:
+    """One of a Literal's values."""
+    allowed = tuple(get_args(choices))
+    names = ", ".join(repr(c) for c in allowed[:-1]) + f" or {allowed[-1]!r}"
+    return checked(owner, names, v.in_(allowed))
+
+
+_count = integer("worker")
+_seconds = positive("worker")
+_flag = boolean("worker")
+
+
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
 @attrs.frozen(kw_only=True)
 class WorkerOptions:
-    """How a worker reads, runs and recovers tasks. Times are in seconds."""
+    """How a worker reads, runs and recovers tasks. Times are in seconds. `metadata["help"]`: the CLI's help."""
 
-    concurrency: int = attrs.field(default=10, validator=_count)
+    concurrency: int = attrs.field(default=10, validator=_count, metadata=_help("tasks run at once per flow"))
     """Tasks run at once per worker; the reader asks only for as many messages as there are free slots."""
-    batch_size: int = attrs.field(default=10, validator=_count)
+    batch_size: int = attrs.field(default=10, validator=_count, metadata=_help("most messages read at once"))
     """Most messages read in one go."""
-    signal: Signal = attrs.field(default="notify", validator=_one_of(Signal))
+    signal: Signal = attrs.field(
+        default="notify", validator=one_of("worker", Signal), metadata=_help("how new work is noticed")
+    )
     """`notify`: the reader wakes when a message may have become readable (our triggers on inserts and on messages
     made visible earlier, a timer for the next invisible message), plus a fallback poll;
     `poll`: read_with_poll."""
-    poll_min: float = attrs.field(default=0.05, validator=_positive)
+    poll_min: float = attrs.field(default=0.05, validator=_seconds, metadata=_help("shortest poll interval (busy)"))
     """Shortest server-side poll interval (used while busy); it doubles while idle up to `poll_max`."""
-    poll_max: float = attrs.field(default=1.0, validator=_positive)
-    poll_seconds: float = attrs.field(default=2.0, validator=_positive)
+    poll_max: float = attrs.field(default=1.0, validator=_seconds, metadata=_help("longest poll interval (idle)"))
+    poll_seconds: float = attrs.field(default=2.0, validator=_seconds, metadata=_help("seconds one poll waits"))
     """How long one read_with_poll waits on the server for messages."""
-    fallback_poll: float = attrs.field(default=5.0, validator=_positive)
+    fallback_poll: float = attrs.field(default=5.0, validator=_seconds, metadata=_help("notify mode's safety poll"))
     """In notify mode, read at least this often anyway (a safety net for lost notifications)."""
-    read_visibility: int = attrs.field(default=5, validator=_count)
+    read_visibility: int = attrs.field(default=5, validator=_count, metadata=_help("seconds a read hides a message"))
     """Visibility (s) a read gives a message; the worker extends it while the task runs."""
-    heartbeat_interval: float = attrs.field(default=5.0, validator=_positive)
-    stale_after: float = attrs.field(default=30.0, validator=_positive)
+    heartbeat_interval: float = attrs.field(
+        default=5.0, validator=_seconds, metadata=_help("seconds between heartbeats")
+    )
+    stale_after: float = attrs.field(
+        default=30.0,
+        validator=_seconds,
+        metadata=_help("a worker silent this long is presumed dead and its tasks recovered"),
+    )
     """A worker silent this long is presumed dead: its started tasks are recovered."""
-    recovery_interval: float = attrs.field(default=10.0, validator=_positive)
-    timeout_grace: float = attrs.field(default=30.0, validator=_positive)
+    recovery_interval: float = attrs.field(
+        default=10.0, validator=_seconds, metadata=_help("seconds between recovery sweeps")
+    )
+    timeout_grace: float = attrs.field(default=30.0, validator=_seconds, metadata=_help("seconds past a timeout"))
     """A started task older than its timeout plus this is recovered even if its worker heartbeats."""
-    shutdown_grace: float = attrs.field(default=10.0, validator=_positive)
+    shutdown_grace: float = attrs.field(
+        default=10.0, validator=_seconds, metadata=_help("seconds running tasks get to finish on stop")
+    )
     """On stop, running tasks get this long to finish before they are cancelled and handed back."""
-    extend_margin: float = attrs.field(default=3.0, validator=_positive)
+    extend_margin: float = attrs.field(default=3.0, validator=_seconds, metadata=_help("seconds of visibility left"))
     """Extend a running task's visibility when less than this remains."""
-    register_flow: bool = True
+    register_flow: bool = attrs.field(default=True, validator=_flag, metadata=_help("create an absent flow"))
     """Create the flow in the database when it is absent (refuse to start when it differs)."""
-    sync_schedules: bool = True
+    sync_schedules: bool = attrs.field(default=True, validator=_flag, metadata=_help("sync cron schedules at start"))
     """At start, make the database's cron schedules of the served flows match the code (pg_cron or built-in)."""
-    cron_backend: CronBackend = attrs.field(default="auto", validator=_one_of(CronBackend))
+    cron_backend: CronBackend = attrs.field(
+        default="auto",
+        validator=one_of("worker", CronBackend),
+        metadata=_help(
+            "where each cron schedule runs: auto = pg_cron when installed and able to express it, else built-in"
+        ),
+    )
     """Where the served flows' schedules run, per schedule: `auto` puts each on pg_cron when the database has it
     and it can express the schedule (five fields, UTC), else on the built-in scheduler; `builtin` always the
     built-in one; `pg_cron` prefers pg_cron and falls back, with a warning, for what it cannot run."""
-    scheduler: bool = True
+    scheduler: bool = attrs.field(
+        default=True, validator=_flag, metadata=_help("run the built-in cron scheduler in this process")
+    )
     """Run the built-in cron scheduler in this process (one process leads; the others stand by)."""
-    scheduler_grace: float = attrs.field(default=60.0, validator=_positive)
+    scheduler_grace: float = attrs.field(default=60.0, validator=_seconds, metadata=_help("seconds a tick may be late"))
     """Missed ticks younger than this always fire (e.g. across a leader change); older ones follow catch_up."""
 
     def __attrs_post_init__(self) -> None:

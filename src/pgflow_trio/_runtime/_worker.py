@@ -19,7 +19,7 @@ from typing import Any, Literal, TypeAlias
 import attrs
 import trio
 
-from pgflow_trio._codec import to_json, unstructure
+from pgflow_trio._codec import encode
 from pgflow_trio._definitions._context import Context
 from pgflow_trio._definitions._flow import Definition, definition_of
 from pgflow_trio._definitions._model import FlowDef
@@ -336,7 +336,7 @@ class Worker:
         try:
             try:
                 with trio.move_on_after(timeout) as deadline:
-                    output = await self._invoke(step.slug, task, ctx)
+                    output_json = await self._invoke(step.slug, task, ctx)
             except TaskInputError as bad:
                 log.error(
                     "task %s/%s[%d] of run %s failed without retry, its input does not fit the handler: %s",
@@ -376,12 +376,6 @@ class Worker:
                     "fail", task, f"TimeoutError: step {task.step_slug!r} exceeded its timeout of {timeout}s"
                 )
                 return
-            try:
-                output_json = to_json(output, what=f"output of step {self.flow.slug}.{task.step_slug}")
-            except PgflowError as exc:
-                self.stats.failed += 1
-                await self._report("fail", task, _error_text(exc))
-                return
             await self._report("complete", task, output_json)
             self.stats.completed += 1
         except trio.Cancelled:
@@ -392,10 +386,11 @@ class Worker:
             del self._running[key]
             self._capacity_update()
 
-    async def _invoke(self, slug: str, task: ClaimedTask, ctx: Context) -> Any:
+    async def _invoke(self, slug: str, task: ClaimedTask, ctx: Context) -> str:
+        """Run the handler; its output as the JSON text for complete_task (encoded once)."""
         if self.served.handlers is not None:
             result = await self.served.handlers[slug](task.input, ctx)
-            return unstructure(result, what=f"output of step {self.flow.slug}.{slug}")
+            return encode(result, what=f"output of step {self.flow.slug}.{slug}")
         return await call_handler(self.flow, self.flow.step(slug), self.served.instance, task.input, ctx)
 
     async def _report(self, kind: _Report, task: ClaimedTask, payload: str) -> None:

@@ -10,6 +10,7 @@ import warnings
 from pathlib import Path
 
 import attrs
+import platformdirs
 import trio
 
 from pgflow_trio._exceptions import ConfigurationError
@@ -17,18 +18,19 @@ from pgflow_trio._exceptions import ConfigurationError
 DSN_ENV = "PGFLOW_DSN"
 DATA_DIR_ENV = "PGFLOW_DATA_DIR"
 EMBEDDED_HINT = "pip install 'pgflow-trio[embedded]'"
+APP_NAME = "pgflow_trio"
 
 
 def user_data_dir() -> Path:
-    """The per-user data directory (XDG_DATA_HOME or ~/.local/share) for pgflow_trio."""
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "pgflow_trio"
+    """The per-user data directory of pgflow_trio, as the platform has it: on Linux $XDG_DATA_HOME/pgflow_trio,
+    else ~/.local/share/pgflow_trio; on macOS ~/Library/Application Support/pgflow_trio."""
+    return platformdirs.user_data_path(APP_NAME, appauthor=False)
 
 
 def user_cache_dir() -> Path:
-    """The per-user cache directory (XDG_CACHE_HOME or ~/.cache) for pgflow_trio."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "pgflow_trio"
+    """The per-user cache directory of pgflow_trio, as the platform has it: on Linux $XDG_CACHE_HOME/pgflow_trio,
+    else ~/.cache/pgflow_trio; on macOS ~/Library/Caches/pgflow_trio."""
+    return platformdirs.user_cache_path(APP_NAME, appauthor=False)
 
 
 def default_embedded_data_dir() -> Path:
