@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import warnings
 from collections.abc import Callable, Coroutine
 from contextlib import AbstractAsyncContextManager
 from typing import Any, ParamSpec, Protocol, TypeVar
@@ -60,7 +61,11 @@ class Driver(Protocol):
 def trio_asyncio_problem() -> str | None:
     """Why trio-asyncio cannot be used here (None: it imports)."""
     try:
-        import trio_asyncio  # noqa: F401
+        with warnings.catch_warnings():
+            # trio-asyncio subclasses asyncio's child watchers, deprecated since Python 3.12: its warning, not ours
+            # (and under warnings-as-errors the half-done import would leave its loop policy behind).
+            warnings.filterwarnings("ignore", message=".*ChildWatcher", category=DeprecationWarning)
+            import trio_asyncio  # noqa: F401
     except Exception as exc:
         version = ".".join(map(str, sys.version_info[:2]))
         return f"trio-asyncio does not import on Python {version} ({type(exc).__name__}: {exc})"
