@@ -10,6 +10,7 @@ import trio
 
 from pgflow_trio import ConnectionLost, DatabaseError, PgflowError
 from pgflow_trio._store import MissedNotifications, Notification, open_database, open_listener
+from pgflow_trio._store._errors import translate
 
 from .helpers import run_sql
 
@@ -144,6 +145,22 @@ async def test_realtime_stand_in_sends_compact_events_and_can_be_switched_off(ds
             assert payload["status"] == "started"
             assert set(payload) <= {"event", "run_id", "flow_slug", "step_slug", "status", "task_index", "error"}
             assert len(event.payload) < 1000
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "cannot switch to state 15; another operation (2) is in progress",
+        'cannot switch to state 12; protocol is in the "failed" state',
+    ],
+)
+def test_a_protocol_left_dead_by_the_server_is_connection_lost(message: str) -> None:
+    # What asyncpg raises when the server's FATAL for a terminated backend was read but not yet the socket's end.
+    assert isinstance(translate(asyncpg.InternalClientError(message)), ConnectionLost)
+    assert not isinstance(
+        translate(asyncpg.InterfaceError("cannot perform operation: another operation is in progress")),
+        ConnectionLost,
+    )
 
 
 def test_pgflow_error_is_the_root() -> None:

@@ -20,7 +20,6 @@ import re
 from collections.abc import Sequence
 from typing import Any, Literal
 
-import asyncpg
 import attrs
 import trio
 
@@ -285,18 +284,10 @@ class Scheduler:
             await trio.sleep(self.interval)
 
     async def _campaign(self) -> None:
-        """Hold the leader lock on a dedicated connection while firing; return when the connection is lost."""
-        lost = trio.Event()
-
-        async def connect() -> asyncpg.Connection[asyncpg.Record]:
-            con = await asyncpg.connect(self.db.dsn, timeout=self.db.connect_timeout)
-            con.add_termination_listener(lambda _c: lost.set())
-            return con
-
-        con = await self.db._cross(connect())
-        try:
-            while not lost.is_set():
-                got = await self.db._cross(con.fetchval("SELECT pg_try_advisory_lock($1)", LEADER_LOCK))
+        """Hold the leader lock on a dedicated session while firing; return when the session is lost."""
+        async with self.db.dedicated_session() as session:
+            while not session.lost.is_set():
+                got = await session.fetchval("SELECT pg_try_advisory_lock($1)", LEADER_LOCK)
                 if got:
                     break
                 await trio.sleep(self.interval)
@@ -305,15 +296,13 @@ class Scheduler:
             self.leading = True
             self.terms += 1
             log.info("scheduler: leading")
-            while not lost.is_set():
+            while not session.lost.is_set():
                 wait = await fire_due(self.db, grace=self.grace)
                 pause = self.interval if wait is None else min(self.interval, max(wait, 0.0) + 0.002)
                 with trio.move_on_after(pause):
-                    await lost.wait()
+                    await session.lost.wait()
                 # A cheap check that the lock's session is still there (the termination listener may lag).
-                await self.db._cross(con.fetchval("SELECT 1"))
-        finally:
-            con.terminate()
+                await session.fetchval("SELECT 1")
 
 
 @attrs.frozen

@@ -1,4 +1,4 @@
-"""A pool of asyncpg connections used from Trio through trio-asyncio.
+"""A pool of asyncpg connections used from Trio, through a driver that bridges Trio and asyncio (`_driver`).
 
 The asyncio loop lives exactly as long as `open_database`. Every call crosses from Trio into asyncio once: use
 `Database.run` to run several statements in one crossing on the hot path. Cancelling the Trio scope cancels the
@@ -7,19 +7,19 @@ query on the server; cleanups (rollback, release, pool close) are shielded.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 import asyncpg
 import trio
-import trio_asyncio
 
 if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy
     from asyncpg.transaction import Transaction
 
 from pgflow_trio._exceptions import ConnectionLost
+from pgflow_trio._store._driver import Driver, open_driver, resolve_driver
 from pgflow_trio._store._dsn import Address, connect_timeout_from, parse_dsn
 from pgflow_trio._store._errors import mapped_errors
 from pgflow_trio._store._probe import probe
@@ -65,10 +65,8 @@ class Connection:
 class Database:
     """Pooled access to PostgreSQL from Trio. Create it with `open_database`."""
 
-    def __init__(
-        self, loop: trio_asyncio.TrioEventLoop, pool: asyncpg.Pool[asyncpg.Record], dsn: str, connect_timeout: float
-    ) -> None:
-        self._loop = loop
+    def __init__(self, driver: Driver, pool: asyncpg.Pool[asyncpg.Record], dsn: str, connect_timeout: float) -> None:
+        self._driver = driver
         self._pool = pool
         self.dsn = dsn
         """The DSN as asyncpg reads it (checked; key=value pairs as a URI; without connect_timeout)."""
@@ -76,12 +74,13 @@ class Database:
         """Seconds a new connection may take (pass it to any extra `asyncpg.connect`)."""
 
     @property
-    def loop(self) -> trio_asyncio.TrioEventLoop:
-        return self._loop
+    def driver(self) -> str:
+        """The driver that bridges Trio and asyncio for this database: `trio-asyncio` or `thread`."""
+        return self._driver.name
 
     async def _cross(self, coro: Coroutine[Any, Any, T]) -> T:
         with mapped_errors():
-            return await self._loop.run_aio_coroutine(coro)
+            return await self._driver.cross(coro)
 
     async def run(self, fn: Callable[[RawConnection], Awaitable[T]]) -> T:
         """Acquire a connection and run `fn(connection)` inside asyncio, in one crossing."""
@@ -136,7 +135,7 @@ class Database:
             await self._cross(release())
         except Exception:
             # A connection that cannot be reset is useless: drop it rather than return it to the pool.
-            raw.terminate()
+            self._driver.call_in_loop(raw.terminate)
 
     @asynccontextmanager
     async def transaction(self, *, user_sql: bool = False) -> AsyncIterator[Connection]:
@@ -145,8 +144,14 @@ class Database:
         It is asyncpg's own transaction, so `RawConnection.transaction()` inside `Connection.run` nests as a
         savepoint."""
         async with self.connection(user_sql=user_sql) as conn:
-            xact = conn._raw.transaction()
-            await self._cross(xact.start())
+            raw = conn._raw
+
+            async def begin() -> Transaction:
+                xact = raw.transaction()
+                await xact.start()
+                return xact
+
+            xact = await self._cross(begin())
             try:
                 yield conn
             except BaseException:
@@ -156,26 +161,111 @@ class Database:
             else:
                 await self._cross(xact.commit())
 
+    @asynccontextmanager
+    async def dedicated_session(self) -> AsyncIterator[DedicatedSession]:
+        """A connection of its own, outside the pool, for session state that must last exactly as long as it
+        (session-level advisory locks, LISTEN). `session.lost` is set when the server ends the session; the
+        connection is closed when the block ends, which releases everything the session held."""
+        lost = trio.Event()
+
+        def terminated(_con: object) -> None:
+            lost.set()
+
+        on_terminate = self._driver.into_trio(terminated)
+        dsn, timeout = self.dsn, self.connect_timeout
+
+        async def connect() -> asyncpg.Connection[asyncpg.Record]:
+            con = await asyncpg.connect(dsn, timeout=timeout)
+            con.add_termination_listener(on_terminate)
+            return con
+
+        con = await self._cross(connect())
+        try:
+            yield DedicatedSession(self, con, lost)
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(_CLEANUP_SECONDS):
+                await self._driver.cross(_settle_and_close(con))
+            self._driver.call_in_loop(con.terminate)
+
+
+class DedicatedSession:
+    """One connection of its own (see `Database.dedicated_session`)."""
+
+    def __init__(self, db: Database, raw: asyncpg.Connection[asyncpg.Record], lost: trio.Event) -> None:
+        self._db = db
+        self._raw = raw
+        self.lost = lost
+        """Set once the server has ended the session (what it held, such as advisory locks, is gone)."""
+        self.backend_pid: int = raw.get_server_pid()
+
+    async def execute(self, sql: str, *args: object) -> str:
+        return await self._db._cross(self._raw.execute(sql, *args))
+
+    async def fetch(self, sql: str, *args: object) -> list[Record]:
+        return await self._db._cross(self._raw.fetch(sql, *args))
+
+    async def fetchrow(self, sql: str, *args: object) -> Record | None:
+        return await self._db._cross(self._raw.fetchrow(sql, *args))
+
+    async def fetchval(self, sql: str, *args: object) -> Any:
+        return await self._db._cross(self._raw.fetchval(sql, *args))
+
+    async def listen(self, channels: Sequence[str], deliver: Callable[[str, str], object]) -> None:
+        """LISTEN on `channels`; `deliver(channel, payload)` runs in Trio for each notification, in order."""
+
+        def notified(_con: object, _pid: int, channel: str, payload: object) -> None:
+            deliver(channel, str(payload))
+
+        on_notify = self._db._driver.into_trio(notified)
+        raw = self._raw
+
+        async def add() -> None:
+            for channel in channels:
+                await raw.add_listener(channel, on_notify)
+
+        await self._db._cross(add())
+
+
+async def _settle_and_close(con: asyncpg.Connection[asyncpg.Record]) -> None:
+    """Close `con` once a query cancelled on it has stopped on the server.
+
+    A backend busy with a query does not read its socket: closed mid-query, the session (and the locks it holds)
+    would outlive the block until that query ends. A trivial query waits for asyncpg's cancel request to land."""
+    try:
+        if not con.is_closed():
+            await con.execute("SELECT 1", timeout=_CLEANUP_SECONDS)
+            await con.close(timeout=_CLEANUP_SECONDS)
+    except Exception:
+        con.terminate()
+
 
 async def _rollback_or_drop(db: Database, conn: Connection, xact: Transaction) -> None:
     try:
         await db._cross(xact.rollback())
     except Exception:
-        conn._raw.terminate()
+        db._driver.call_in_loop(conn._raw.terminate)
 
 
 @asynccontextmanager
 async def open_database(
-    dsn: str, *, min_size: int = 1, max_size: int = 10, connect_timeout: float | None = None
+    dsn: str,
+    *,
+    min_size: int = 1,
+    max_size: int = 10,
+    connect_timeout: float | None = None,
+    driver: str | None = None,
 ) -> AsyncIterator[Database]:
     """Open an asyncio loop and an asyncpg pool for the duration of the block.
 
     The DSN is checked first (ConfigurationError naming the problem). `connect_timeout` bounds each new
     connection (default: the DSN's connect_timeout, else $PGFLOW_CONNECT_TIMEOUT, else 10 s); when connecting
-    fails without a server error, the address is probed to say what answers there instead of PostgreSQL."""
+    fails without a server error, the address is probed to say what answers there instead of PostgreSQL.
+    `driver` bridges Trio and asyncio: `auto` (trio-asyncio when it imports, else thread), `trio-asyncio` or
+    `thread` (default: $PGFLOW_DRIVER, else auto)."""
     parsed = parse_dsn(dsn)
     timeout = connect_timeout_from(connect_timeout, parsed)
-    async with unwrap_single_errors(), trio_asyncio.open_loop() as loop:
+    name = resolve_driver(driver)
+    async with unwrap_single_errors(), open_driver(name) as bridge:
 
         async def create() -> asyncpg.Pool[asyncpg.Record]:
             return await asyncpg.create_pool(
@@ -184,14 +274,14 @@ async def open_database(
 
         try:
             with mapped_errors():
-                pool = await loop.run_aio_coroutine(create())
+                pool = await bridge.cross(create())
         except ConnectionLost as exc:
             raise await _explained(exc, parsed.addresses, timeout) from exc.__cause__
         try:
-            yield Database(loop, pool, parsed.uri, timeout)
+            yield Database(bridge, pool, parsed.uri, timeout)
         finally:
             with trio.CancelScope(shield=True):
-                await _close_pool(loop, pool)
+                await _close_pool(bridge, pool)
 
 
 async def _explained(exc: ConnectionLost, addresses: tuple[Address, ...], seconds: float) -> ConnectionLost:
@@ -217,11 +307,11 @@ async def _keep_session(raw: object) -> None:
     """Pool reset hook: asyncpg has already rolled back any open transaction; skip the reset query round trip."""
 
 
-async def _close_pool(loop: trio_asyncio.TrioEventLoop, pool: asyncpg.Pool[asyncpg.Record]) -> None:
+async def _close_pool(driver: Driver, pool: asyncpg.Pool[asyncpg.Record]) -> None:
     with trio.move_on_after(_CLEANUP_SECONDS) as scope:
         try:
-            await loop.run_aio_coroutine(pool.close())
+            await driver.cross(pool.close())
         except Exception:
             scope.cancel()
     if scope.cancelled_caught:
-        pool.terminate()
+        driver.call_in_loop(pool.terminate)

@@ -10,6 +10,10 @@ import asyncpg
 from pgflow_trio._exceptions import ConnectionLost, DatabaseError, PgflowError
 
 _CONNECTION_CLASSES = ("08", "57P01", "57P02", "57P03")
+# asyncpg's protocol states that only a dead connection leaves behind: "error consume" with nothing in flight is
+# the server's unsolicited FATAL (pg_terminate_backend, shutdown) before the socket's end was read; "failed" is a
+# protocol that cannot go on.
+_DEAD_PROTOCOL = ("another operation (2) is in progress", 'protocol is in the "failed" state')
 
 
 def translate(exc: BaseException) -> PgflowError | None:
@@ -22,7 +26,7 @@ def translate(exc: BaseException) -> PgflowError | None:
         return DatabaseError(message, sqlstate)
     if isinstance(exc, (asyncpg.InterfaceError, asyncpg.InternalClientError)):
         message = str(exc) or type(exc).__name__
-        if "closed" in message or "connection" in message.lower():
+        if "closed" in message or "connection" in message.lower() or message.endswith(_DEAD_PROTOCOL):
             return ConnectionLost(message)
         return DatabaseError(message)
     if isinstance(exc, (ConnectionError, OSError)):

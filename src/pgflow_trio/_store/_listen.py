@@ -10,12 +10,11 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
-import asyncpg
 import attrs
 import trio
 
 from pgflow_trio._exceptions import PgflowError
-from pgflow_trio._store._database import Database
+from pgflow_trio._store._database import Database, DedicatedSession
 from pgflow_trio._util import unwrap_single_errors
 
 log = logging.getLogger("pgflow_trio.listen")
@@ -116,50 +115,28 @@ class _Maintainer:
 
     async def _session(self, task_status: trio.TaskStatus[None] | None) -> None:
         """Connect, LISTEN, and return once the connection is lost."""
-        db = self.db
-        lost = trio.Event()
-
-        def on_notify(_con: object, _pid: int, channel: str, payload: object) -> None:
-            self._deliver(Notification(channel, str(payload)))
-
-        def on_terminate(_con: object) -> None:
-            lost.set()
-
-        async def connect() -> asyncpg.Connection[asyncpg.Record]:
-            con = await asyncpg.connect(db.dsn, timeout=db.connect_timeout)
-            try:
-                con.add_termination_listener(on_terminate)
-                for channel in self.channels:
-                    await con.add_listener(channel, on_notify)
-            except BaseException:
-                con.terminate()
-                raise
-            return con
-
-        con = await db._cross(connect())
-        try:
-            self.listener.backend_pid = con.get_server_pid()
+        async with self.db.dedicated_session() as session:
+            await session.listen(self.channels, self._notified)
+            self.listener.backend_pid = session.backend_pid
             if task_status is not None:
                 task_status.started()
             else:
                 self.listener.reconnects += 1
                 self._deliver(MissedNotifications("reconnected"))
-            await self._watch(con, lost)
-        finally:
-            con.terminate()
+            await self._watch(session)
 
-    async def _watch(self, con: asyncpg.Connection[asyncpg.Record], lost: trio.Event) -> None:
-        async def ping() -> None:
-            await con.execute("SELECT 1")
+    def _notified(self, channel: str, payload: str) -> None:
+        self._deliver(Notification(channel, payload))
 
-        while not lost.is_set():
+    async def _watch(self, session: DedicatedSession) -> None:
+        while not session.lost.is_set():
             with trio.move_on_after(self.health_interval):
-                await lost.wait()
-            if lost.is_set() or con.is_closed():
+                await session.lost.wait()
+            if session.lost.is_set():
                 return
             with trio.move_on_after(self.health_interval) as scope:
                 try:
-                    await self.db._cross(ping())
+                    await session.execute("SELECT 1")
                 except PgflowError:
                     return
             if scope.cancelled_caught:
