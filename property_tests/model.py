@@ -47,12 +47,18 @@ def succeeds_on(behaviour: dict[str, Any], max_attempts: int) -> int | None:
 
 
 def predict(spec: Spec, run_input: list[Any]) -> tuple[str, Any, dict[str, Any]]:
-    """(status, run output, each step's output) with no interference (no killed workers)."""
+    """(status, run output, each step's output) with no interference (no killed workers).
+
+    Every step whose dependencies all succeed has an output, even in a run that fails: a step independent of the
+    failing one may complete (and its dependents start) before the failure ends the run."""
     plan = header(run_input)["plan"]
     outputs: dict[str, Any] = {}
+    failed = False
     for step in spec["steps"]:
         slug = step["slug"]
         deps = step.get("deps", [])
+        if any(d not in outputs for d in deps):
+            continue  # a dependency failed: this step never runs
         if step.get("step_type") == "map":
             array = outputs[deps[0]] if deps else run_input
             if not array:
@@ -62,8 +68,11 @@ def predict(spec: Spec, run_input: list[Any]) -> tuple[str, Any, dict[str, Any]]
         else:
             value = single_output(slug, {d: outputs[d] for d in deps})
         if succeeds_on(plan.get(slug, {}), effective(spec, step, "max_attempts", 3)) is None:
-            return "failed", None, outputs
+            failed = True
+            continue
         outputs[slug] = value
+    if failed:
+        return "failed", None, outputs
     used = {d for s in spec["steps"] for d in s.get("deps", [])}
     return "completed", {s["slug"]: outputs[s["slug"]] for s in spec["steps"] if s["slug"] not in used}, outputs
 

@@ -230,6 +230,7 @@ NOT_SETTINGS = {
         "poll_interval": "start --wait uses the default (library)",
         "check_schema": "each command decides (health checks the schema itself)",
         "data_dir": "--data-dir, or $PGFLOW_DATA_DIR",
+        "driver": "$PGFLOW_DRIVER, read where the database is opened",
     },
 }
 

@@ -23,9 +23,10 @@ from pgflow_trio import (
     spec_of,
     step,
 )
+from pgflow_trio._definitions._build import build_flow
 from pgflow_trio._definitions._diff import Difference, flow_differences
 from pgflow_trio._definitions._flow import needs_input
-from pgflow_trio._definitions._model import ParamKind, StepDef, build_flow
+from pgflow_trio._definitions._model import ParamKind, StepDef
 from pgflow_trio._definitions._schedule import Schedule
 from pgflow_trio._definitions._spec import CronSpec, FlowSpec, StepSpec, parse_spec
 

@@ -224,3 +224,35 @@ def test_auto_prefers_trio_asyncio_when_it_imports(monkeypatch: pytest.MonkeyPat
     expected = "trio-asyncio" if _driver.trio_asyncio_problem() is None else "thread"
     assert _driver.resolve_driver() == expected
     assert _driver.resolve_driver("auto") == expected
+
+
+@pytest.mark.parametrize("driver", ["trio-asyncio", "thread"])
+async def test_engines_and_workers_take_the_driver(dsn: str, driver: str) -> None:
+    import functools
+
+    from pgflow_trio import open_engine, serve
+    from pgflow_trio._runtime import WorkerGroup
+
+    from . import flows
+    from .helpers import FAST
+
+    if driver == "trio-asyncio" and _driver.trio_asyncio_problem() is not None:
+        pytest.skip("trio-asyncio does not import here")
+    with trio.fail_after(30):
+        async with open_engine(dsn, driver=driver) as engine, trio.open_nursery() as nursery:  # type: ignore[arg-type]
+            assert engine.db.driver == driver
+            group: WorkerGroup = await nursery.start(
+                functools.partial(serve, flows.Echo, dsn=dsn, options=FAST, driver=driver)  # type: ignore[arg-type]
+            )
+            assert {w.db.driver for w in group.workers} == {driver}
+            handle = await engine.start("echo", {"message": "hi"})
+            assert (await handle.get()).run_id == handle.run_id
+            nursery.cancel_scope.cancel()
+
+
+async def test_an_engine_refuses_an_unknown_driver(dsn: str) -> None:
+    from pgflow_trio import open_engine
+
+    with pytest.raises(ConfigurationError, match="engine option driver must be"):
+        async with open_engine(dsn, driver="fast"):  # type: ignore[arg-type]
+            pass

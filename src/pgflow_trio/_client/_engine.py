@@ -30,8 +30,8 @@ from pgflow_trio._definitions._values import decode_run_output, encode_input_jso
 from pgflow_trio._exceptions import ConfigurationError, RunFailed, RunNotFound, RunTimeout, SchemaError
 from pgflow_trio._models import JSON, Event, FlowInfo, Health, JSONInput, Run, RunEvent, RunPage, Snapshot
 from pgflow_trio._runtime import ServeTarget, WorkerGroup, WorkerOptions, run_workers
-from pgflow_trio._runtime._options import boolean, integer, positive
-from pgflow_trio._store import Connection, Database, Record, open_database
+from pgflow_trio._runtime._options import boolean, integer, one_of, positive
+from pgflow_trio._store import Connection, Database, DriverChoice, Record, open_database
 from pgflow_trio._store._dsn import resolve_dsn
 from pgflow_trio._store._runs import checked_slug, failure_of, fetch_run, list_runs, start_run
 from pgflow_trio._store._schema import CORE_VERSION, check, require_complete
@@ -104,6 +104,13 @@ class EngineOptions:
         metadata={"help": "seconds a connection may take to open"},
     )
     """Seconds a new connection may take. None: the DSN's connect_timeout, else $PGFLOW_CONNECT_TIMEOUT, else 10."""
+    driver: DriverChoice | None = attrs.field(
+        default=None,
+        validator=attrs.validators.optional(one_of("engine", DriverChoice)),
+        metadata={"help": "how Trio reaches asyncpg: auto, trio-asyncio or thread"},
+    )
+    """How Trio reaches asyncpg: `trio-asyncio` (its loop inside Trio) or `thread` (a plain asyncio loop in a thread
+    of its own). None: $PGFLOW_DRIVER, else `auto` (trio-asyncio where it imports, else thread)."""
 
 
 def _as_uuid(value: uuid.UUID | str | None, what: str = "run id") -> uuid.UUID | None:
@@ -528,6 +535,7 @@ async def open_engine(
     check_schema: bool = True,
     data_dir: Path | None = None,
     connect_timeout: float | None = None,
+    driver: DriverChoice | None = None,
     install: bool = False,
 ) -> AsyncIterator[Engine]:
     """Connect to the pgflow database (`dsn`, else PGFLOW_DSN, else the embedded PostgreSQL) for the block.
@@ -545,13 +553,16 @@ async def open_engine(
         check_schema=check_schema,
         data_dir=data_dir,
         connect_timeout=connect_timeout,
+        driver=driver,
     )
     if not isinstance(install, bool):
         raise ConfigurationError(f"engine option install must be True or False, got {install!r}")
     async with unwrap_single_errors():
         resolved = await resolve_dsn(dsn, data_dir=opts.data_dir)
         async with (
-            open_database(resolved, max_size=opts.pool_size, connect_timeout=opts.connect_timeout) as db,
+            open_database(
+                resolved, max_size=opts.pool_size, connect_timeout=opts.connect_timeout, driver=opts.driver
+            ) as db,
             trio.open_nursery() as nursery,
         ):
             if install and not (await check(db)).ok:

@@ -35,6 +35,7 @@ from typing import (
 
 import attrs
 
+from pgflow_trio._definitions._build import build_flow
 from pgflow_trio._definitions._context import Context
 from pgflow_trio._definitions._model import (
     FlowDef,
@@ -44,7 +45,6 @@ from pgflow_trio._definitions._model import (
     ResultMode,
     StepDef,
     StepType,
-    build_flow,
     leaves_of,
 )
 from pgflow_trio._definitions._schedule import Schedule

@@ -1,27 +1,20 @@
 """The one immutable definition model. Typed flow classes, jobs and plain-data specs all become a `FlowDef`;
-the compiler, the worker and everything after read only this model. `build_flow` validates it."""
+the compiler, the worker and everything after read only this model. `_build.build_flow` validates it."""
 
 from __future__ import annotations
 
 import enum
-import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import attrs
 
+from pgflow_trio._definitions._schedule import ScheduleDef
 from pgflow_trio._exceptions import DefinitionError
-
-if TYPE_CHECKING:
-    from pgflow_trio._definitions._schedule import Schedule, ScheduleDef
 
 StepType = Literal["single", "map"]
 ResultMode = Literal["raw", "leaf", "record"]
 
-MAX_SLUG_LENGTH = 128
-_SQL_SLUG = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
-_DSL_FORBIDDEN = re.compile(r"[/:#\-?]")
-RESERVED_SLUGS = frozenset({"run"})
 _MINIMUM = {"max_attempts": 1, "base_delay": 1, "timeout": 3, "start_delay": 0}
 
 
@@ -119,29 +112,6 @@ def leaves_of(steps: Sequence[StepDef]) -> tuple[str, ...]:
     return tuple(s.slug for s in steps if s.slug not in used)
 
 
-def slug_problem(slug: object) -> str | None:
-    """Why `slug` is not valid for both pgflow's DSL and its SQL (`pgflow.is_valid_slug`), or None."""
-    if not isinstance(slug, str):
-        return f"must be a string, got {type(slug).__name__}"
-    if not slug:
-        return "must not be empty"
-    if len(slug) > MAX_SLUG_LENGTH:
-        return f"is {len(slug)} characters long; the limit is {MAX_SLUG_LENGTH}"
-    if slug[0].isdigit():
-        return "must not start with a digit"
-    if slug.startswith("_"):
-        return "must not start with an underscore"
-    if any(ch.isspace() for ch in slug):
-        return "must not contain whitespace"
-    if _DSL_FORBIDDEN.search(slug):
-        return "must not contain / : # - or ?"
-    if not _SQL_SLUG.match(slug):
-        return "may contain only ASCII letters, digits and underscores"
-    if slug in RESERVED_SLUGS:
-        return f"is reserved ({', '.join(sorted(RESERVED_SLUGS))}); choose another name"
-    return None
-
-
 def check_options(options: Options, where: str, *, allow_start_delay: bool) -> None:
     for name, value in attrs.asdict(options).items():
         if value is None:
@@ -205,90 +175,3 @@ def _find_cycle(graph: Mapping[str, Sequence[str]]) -> list[str]:
         if found:
             return found
     return list(graph)
-
-
-def build_flow(
-    slug: str,
-    steps: Sequence[StepDef],
-    *,
-    options: Options = Options(),
-    origin: str,
-    input_type: Any = Any,
-    output_type: Any = Any,
-    result_mode: ResultMode = "raw",
-    schedules: str | Schedule | Sequence[Schedule] | None = None,
-    is_job: bool = False,
-    typed: bool = False,
-    slug_label: str = "flow slug",
-) -> FlowDef:
-    """Validate and assemble a FlowDef (the only way one is made).
-
-    `result_mode` says how the run's output becomes the declared output type (`leaf`: the one leaf's output,
-    `record`: an attrs class with a field per leaf; `raw`: as stored). `schedules` is `cron=` as users write it (a
-    cron string, a `Schedule`, or a list of named ones): validated here, their inputs checked against the flow."""
-    if (problem := slug_problem(slug)) is not None:
-        raise DefinitionError(f"{origin}: {slug_label} {slug!r} {problem}")
-    check_options(options, f"{origin}, flow options", allow_start_delay=False)
-    if not steps:
-        raise DefinitionError(f"{origin}: a flow needs at least one step")
-    seen: set[str] = set()
-    for s in steps:
-        if (problem := slug_problem(s.slug)) is not None:
-            raise DefinitionError(f"{origin}: step slug {s.slug!r} {problem}")
-        if s.slug in seen:
-            raise DefinitionError(f"{origin}: step {s.slug!r} is defined twice; step slugs must be unique")
-        seen.add(s.slug)
-        check_options(s.options, f"{origin}, step {s.slug!r}", allow_start_delay=True)
-        if len(set(s.deps)) != len(s.deps):
-            raise DefinitionError(f"{origin}, step {s.slug!r}: a dependency is listed twice")
-        if s.is_map and len(s.deps) > 1:
-            raise DefinitionError(
-                f"{origin}, step {s.slug!r}: a map step takes its array from at most one step, but it depends "
-                f"on {', '.join(s.deps)}; combine them in a step that returns the list to map over"
-            )
-    ordered = order_steps(steps, origin)
-    _check_result_mode(result_mode, output_type, leaves_of(ordered), typed=typed, origin=origin)
-    fields: dict[str, Any] = {
-        "slug": slug,
-        "steps": ordered,
-        "options": options,
-        "input_type": input_type,
-        "output_type": output_type,
-        "result_mode": result_mode,
-        "origin": origin,
-        "is_job": is_job,
-        "typed": typed,
-    }
-    if schedules is None:
-        return FlowDef(**fields)
-    return FlowDef(**fields, schedules=_schedules(FlowDef(**fields), schedules))
-
-
-def _check_result_mode(mode: object, output_type: Any, leaves: tuple[str, ...], *, typed: bool, origin: str) -> None:
-    """`mode` must fit the flow's shape: `leaf` needs one leaf, `record` an attrs output class with a field per
-    leaf; only typed flows decode their output."""
-    if mode not in ("raw", "leaf", "record"):
-        raise DefinitionError(f"{origin}: result_mode must be 'raw', 'leaf' or 'record', got {mode!r}")
-    if mode == "raw":
-        return
-    if not typed:
-        raise DefinitionError(f"{origin}: result_mode {mode!r} needs a typed flow (one with an output type)")
-    if mode == "leaf" and len(leaves) != 1:
-        raise DefinitionError(
-            f"{origin}: result_mode 'leaf' needs exactly one step nobody depends on, but there are {', '.join(leaves)}"
-        )
-    if mode == "record":
-        fields = {f.name for f in attrs.fields(output_type)} if attrs.has(output_type) else None
-        if fields != set(leaves):
-            raise DefinitionError(
-                f"{origin}: result_mode 'record' needs an attrs output class with one field per step nobody "
-                f"depends on ({', '.join(leaves)})"
-            )
-
-
-def _schedules(flow: FlowDef, cron: str | Schedule | Sequence[Schedule]) -> tuple[ScheduleDef, ...]:
-    """The validated schedules of `flow`, their inputs encoded as the flow's input."""
-    from pgflow_trio._definitions._schedule import make_schedules  # both import this module
-    from pgflow_trio._definitions._values import encode_input
-
-    return make_schedules(flow.slug, cron, flow.origin, lambda value: encode_input(flow, value))

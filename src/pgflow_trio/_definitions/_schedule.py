@@ -11,7 +11,7 @@ from typing import Any, Literal
 import attrs
 from croniter import CroniterError, croniter
 
-from pgflow_trio._definitions._model import slug_problem
+from pgflow_trio._definitions._slugs import slug_problem
 from pgflow_trio._exceptions import DefinitionError
 
 CatchUp = Literal["skip", "once"]

@@ -24,7 +24,8 @@ from cattrs.errors import ForbiddenExtraKeysError
 from cattrs.gen import make_dict_structure_fn
 from cattrs.v import format_exception
 
-from pgflow_trio._definitions._model import FlowDef, Options, StepDef, StepType, build_flow
+from pgflow_trio._definitions._build import build_flow
+from pgflow_trio._definitions._model import FlowDef, Options, StepDef, StepType
 from pgflow_trio._definitions._schedule import Schedule
 from pgflow_trio._exceptions import DefinitionError
 from pgflow_trio._util import read_text

@@ -12,7 +12,7 @@ import trio
 from pgflow_trio._exceptions import DefinitionError, FlowMismatch
 from pgflow_trio._runtime._options import CronBackend, Signal, WorkerOptions
 from pgflow_trio._runtime._worker import RawHandler, Served, ServeTarget, Worker, WorkerStats, served
-from pgflow_trio._store import Database, open_database
+from pgflow_trio._store import Database, DriverChoice, open_database
 from pgflow_trio._store._dsn import resolve_dsn
 from pgflow_trio._store._registry import ensure_flow
 from pgflow_trio._store._schema import require_complete
@@ -95,12 +95,14 @@ async def serve(
     options: WorkerOptions | None = None,
     data_dir: Path | None = None,
     cron_dsn: str | None = None,
+    driver: DriverChoice | None = None,
     task_status: trio.TaskStatus[WorkerGroup] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve each target (flow/job class or instance, or `(FlowDef, {step: handler})`) until stopped or cancelled.
 
     `await nursery.start(serve, ProcessOrder)` returns a `WorkerGroup` once every worker is registered and reading.
     `cron_dsn`: the database where pg_cron is installed, when it is another one (its `cron.database_name`).
+    `driver`: how Trio reaches asyncpg (`auto`, `trio-asyncio`, `thread`; default $PGFLOW_DRIVER, else auto).
     """
     opts = options or WorkerOptions()
     prepared = [served(t) for t in targets]
@@ -109,11 +111,11 @@ async def serve(
     async with unwrap_single_errors():
         resolved = await resolve_dsn(dsn, data_dir=data_dir)
         pool_size = min(100, len(prepared) * (opts.concurrency + 4) + 2)
-        async with open_database(resolved, max_size=pool_size) as db:
+        async with open_database(resolved, max_size=pool_size, driver=driver) as db:
             if cron_dsn is None:
                 await run_workers(db, prepared, opts, task_status=task_status)
                 return
-            async with open_database(cron_dsn, max_size=2) as cron_db:
+            async with open_database(cron_dsn, max_size=2, driver=driver) as cron_db:
                 await run_workers(db, prepared, opts, cron_db=cron_db, task_status=task_status)
 
 

@@ -8,12 +8,14 @@ from pgflow_trio._store._database import (
     Record,
     open_database,
 )
+from pgflow_trio._store._driver import DriverChoice
 from pgflow_trio._store._listen import Listener, MissedNotifications, Notification, open_listener
 
 __all__ = [
     "Connection",
     "Database",
     "DedicatedSession",
+    "DriverChoice",
     "Listener",
     "MissedNotifications",
     "Notification",

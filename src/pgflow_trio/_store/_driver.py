@@ -20,7 +20,7 @@ import sys
 import warnings
 from collections.abc import Callable, Coroutine
 from contextlib import AbstractAsyncContextManager
-from typing import Any, ParamSpec, Protocol, TypeVar
+from typing import Any, Literal, ParamSpec, Protocol, TypeVar
 
 from pgflow_trio._exceptions import ConfigurationError
 
@@ -30,6 +30,8 @@ P = ParamSpec("P")
 TRIO_ASYNCIO = "trio-asyncio"
 THREAD = "thread"
 DRIVERS = (TRIO_ASYNCIO, THREAD)
+DriverChoice = Literal["auto", "trio-asyncio", "thread"]
+"""What `driver=` and $PGFLOW_DRIVER accept: `auto` picks trio-asyncio when it imports, else thread."""
 ENV_VAR = "PGFLOW_DRIVER"
 
 

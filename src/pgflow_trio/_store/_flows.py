@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 from typing import Literal
 
+from pgflow_trio._definitions._build import build_flow
 from pgflow_trio._definitions._compile import compile_flow
 from pgflow_trio._definitions._diff import flow_differences
-from pgflow_trio._definitions._model import FlowDef, Options, StepDef, build_flow
+from pgflow_trio._definitions._model import FlowDef, Options, StepDef
 from pgflow_trio._exceptions import FlowInUse, FlowNotFound
 from pgflow_trio._models import FlowInfo
 from pgflow_trio._store import RawConnection

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pgflow_trio._definitions._model import slug_problem
+from pgflow_trio._definitions._slugs import slug_problem
 from pgflow_trio._models import QueueHealth
 from pgflow_trio._store import RawConnection
 from pgflow_trio._store._worker_queries import queue_table

@@ -11,7 +11,7 @@ from typing import Any
 import asyncpg
 import attrs
 
-from pgflow_trio._definitions._model import slug_problem
+from pgflow_trio._definitions._slugs import slug_problem
 from pgflow_trio._exceptions import DefinitionError, FlowNotFound
 from pgflow_trio._models import Run, RunPage, StepState
 from pgflow_trio._store import RawConnection, Record
