@@ -16,8 +16,7 @@ import time
 
 import trio
 
-from pgflow_trio import Context, Job
-from pgflow_trio._runtime import WorkerGroup, WorkerOptions, serve
+from pgflow_trio import Context, Job, WorkerGroup, WorkerOptions, serve
 from pgflow_trio._store import open_database
 
 from ._common import bench_database, percentile

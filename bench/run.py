@@ -26,9 +26,7 @@ from pathlib import Path
 
 import trio
 
-from pgflow_trio import Context, Flow, Job, map_step, needs_input, step
-from pgflow_trio._client._engine import open_engine
-from pgflow_trio._runtime import WorkerGroup, WorkerOptions
+from pgflow_trio import Context, Flow, Job, WorkerGroup, WorkerOptions, map_step, needs_input, open_engine, step
 from pgflow_trio._store import Database, open_database
 
 from ._common import bench_database, percentile

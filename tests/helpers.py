@@ -18,7 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import trio
 
-from pgflow_trio._runtime import WorkerOptions
+from pgflow_trio import WorkerOptions
 from pgflow_trio._store import Database
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -25,13 +25,16 @@ from pgflow_trio import (
     Flow,
     Job,
     Schedule,
+    ScheduleNotFound,
+    WorkerGroup,
+    WorkerOptions,
     definition_of,
     flow_from_spec,
+    serve,
     step,
 )
 from pgflow_trio._definitions._schedule import ScheduleDef, ticks_between
-from pgflow_trio._exceptions import ScheduleNotFound
-from pgflow_trio._runtime import CronBackend, WorkerGroup, WorkerOptions, run_workers, serve
+from pgflow_trio._runtime import CronBackend, run_workers
 from pgflow_trio._runtime._cron import (
     Scheduler,
     backend_for,

@@ -14,20 +14,21 @@ from pgflow_trio import (
     FlowDef,
     Job,
     Options,
+    Schedule,
+    StepDef,
     compile_flow,
     definition_of,
     flow_from_spec,
     map_step,
     needs,
     needs_all,
+    needs_input,
     spec_of,
     step,
 )
 from pgflow_trio._definitions._build import build_flow
 from pgflow_trio._definitions._diff import Difference, flow_differences
-from pgflow_trio._definitions._flow import needs_input
-from pgflow_trio._definitions._model import ParamKind, StepDef
-from pgflow_trio._definitions._schedule import Schedule
+from pgflow_trio._definitions._model import ParamKind
 from pgflow_trio._definitions._spec import CronSpec, FlowSpec, StepSpec, parse_spec
 
 
@@ -170,7 +171,7 @@ def test_map_element_from_the_flow_input_or_a_steps_list_is_ambiguous() -> None:
 
         class Each(Flow[list[int], list[int]]):
             @step
-            async def evens(self, numbers: list[int] = needs_input()) -> list[int]:  # noqa: B008
+            async def evens(self, numbers: list[int] = needs_input()) -> list[int]:
                 return [n for n in numbers if n % 2 == 0]
 
             @map_step
@@ -179,7 +180,7 @@ def test_map_element_from_the_flow_input_or_a_steps_list_is_ambiguous() -> None:
 
     class OverStep(Flow[list[int], list[int]]):
         @step
-        async def evens(self, numbers: list[int] = needs_input()) -> list[int]:  # noqa: B008
+        async def evens(self, numbers: list[int] = needs_input()) -> list[int]:
             return [n for n in numbers if n % 2 == 0]
 
         @map_step
@@ -188,7 +189,7 @@ def test_map_element_from_the_flow_input_or_a_steps_list_is_ambiguous() -> None:
 
     class OverInput(Flow[list[int], dict[str, Any]]):
         @step
-        async def evens(self, numbers: list[int] = needs_input()) -> list[int]:  # noqa: B008
+        async def evens(self, numbers: list[int] = needs_input()) -> list[int]:
             return [n for n in numbers if n % 2 == 0]
 
         @map_step
@@ -219,7 +220,7 @@ def test_needs_input_checks_the_flow_input_type() -> None:
 
         class WrongInput(Flow[In, A]):
             @step
-            async def only(self, a: A = needs_input()) -> A:  # noqa: B008
+            async def only(self, a: A = needs_input()) -> A:
                 return a
 
 
@@ -528,7 +529,7 @@ def test_map_step_takes_one_element() -> None:
 
         class TwoElements(Flow[list[int], list[int]]):
             @step
-            async def other(self, items: list[int] = needs_input()) -> list[int]:  # noqa: B008
+            async def other(self, items: list[int] = needs_input()) -> list[int]:
                 return items
 
             @map_step

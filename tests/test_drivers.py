@@ -230,8 +230,7 @@ def test_auto_prefers_trio_asyncio_when_it_imports(monkeypatch: pytest.MonkeyPat
 async def test_engines_and_workers_take_the_driver(dsn: str, driver: str) -> None:
     import functools
 
-    from pgflow_trio import open_engine, serve
-    from pgflow_trio._runtime import WorkerGroup
+    from pgflow_trio import WorkerGroup, open_engine, serve
 
     from . import flows
     from .helpers import FAST

@@ -39,11 +39,24 @@ def test_public_names_are_reexports_of_private_modules() -> None:
         assert module == "pgflow_trio" or module.startswith("pgflow_trio._"), (name, module)
 
 
-def test_public_exceptions_and_functions_report_the_public_module() -> None:
+def test_public_classes_and_functions_report_the_public_module() -> None:
     for name in _public():
         obj = getattr(pgflow_trio, name)
-        if inspect.isfunction(obj) or (isinstance(obj, type) and issubclass(obj, BaseException)):
+        if inspect.isfunction(obj) or isinstance(obj, type):
             assert obj.__module__ == "pgflow_trio", name
+
+
+def test_public_attrs_classes_still_resolve_and_round_trip() -> None:
+    import attrs
+    import cattrs
+
+    for name in _public():
+        obj = getattr(pgflow_trio, name)
+        if isinstance(obj, type) and attrs.has(obj):
+            assert all(not isinstance(f.type, str) for f in attrs.fields(attrs.resolve_types(obj))), name
+    converter = cattrs.Converter()
+    for value in (pgflow_trio.Options(max_attempts=3, timeout=30), pgflow_trio.Schedule("@daily", name="d")):
+        assert converter.structure(converter.unstructure(value), type(value)) == value
 
 
 def test_every_submodule_is_private() -> None:

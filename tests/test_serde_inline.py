@@ -514,7 +514,7 @@ async def test_an_inline_run_encodes_each_value_once(encoded: list[str]) -> None
 
 
 async def test_the_worker_encodes_an_output_once_and_sends_that_text(dsn: str, encoded: list[str]) -> None:
-    from pgflow_trio._runtime import serve
+    from pgflow_trio import serve
     from pgflow_trio._store import open_database
 
     from .helpers import FAST, start_run, wait_run

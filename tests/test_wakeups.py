@@ -24,9 +24,7 @@ import pytest
 import trio
 
 import pgflow_trio
-from pgflow_trio import compile_flow, flow_from_spec
-from pgflow_trio._definitions._context import Context
-from pgflow_trio._runtime import WorkerGroup, WorkerOptions, serve
+from pgflow_trio import Context, WorkerGroup, WorkerOptions, compile_flow, flow_from_spec, serve
 from pgflow_trio._store import Database, open_database
 
 from . import flows

@@ -18,9 +18,19 @@ import attrs
 import pytest
 import trio
 
-from pgflow_trio import ConfigurationError, Context, SerializationError, compile_flow, definition_of, flow_from_spec
-from pgflow_trio._exceptions import FlowMismatch, TaskInputError
-from pgflow_trio._runtime import WorkerGroup, WorkerOptions, serve
+from pgflow_trio import (
+    ConfigurationError,
+    Context,
+    FlowMismatch,
+    SerializationError,
+    TaskInputError,
+    WorkerGroup,
+    WorkerOptions,
+    compile_flow,
+    definition_of,
+    flow_from_spec,
+    serve,
+)
 from pgflow_trio._runtime._execute import call_handler
 from pgflow_trio._store import Database, open_database
 

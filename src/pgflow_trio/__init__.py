@@ -64,15 +64,19 @@ __version__ = "0.1.0"
 
 
 def _fixup_module_metadata() -> None:
-    """Public exceptions and functions report `pgflow_trio` as their module, so tracebacks and docs show the public
-    path (`pgflow_trio.RunFailed`, not a private module). Classes whose annotations are resolved at run time keep
-    their own module, which `typing.get_type_hints` needs."""
+    """Public classes and functions report `pgflow_trio` as their module (as trio's do), so tracebacks, reprs and docs
+    show the public path (`pgflow_trio.RunFailed`, not a private module). The field types of attrs classes are
+    resolved first, while their defining module is still known, so attrs and cattrs keep working on them."""
     import inspect
+
+    import attrs
 
     for name, obj in list(globals().items()):
         if name.startswith("_") or not str(getattr(obj, "__module__", "")).startswith("pgflow_trio._"):
             continue
-        if inspect.isfunction(obj) or (isinstance(obj, type) and issubclass(obj, BaseException)):
+        if isinstance(obj, type) and attrs.has(obj):
+            attrs.resolve_types(obj)
+        if inspect.isfunction(obj) or isinstance(obj, type):
             obj.__module__ = "pgflow_trio"
 
 

@@ -1,4 +1,5 @@
-"""The exception hierarchy: everything pgflow_trio raises derives from `PgflowError`."""
+"""The exception hierarchy: everything pgflow_trio raises on purpose derives from `PgflowError`. The bottom layer: it
+imports nothing of the package."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""Typed records the engine returns (runs, step states, flows, health) and the errors that name them."""
+"""Every public record: runs, step states, flows, health, run events, install reports and schema status.
+
+Plain attrs data; imports only `_util` and `_exceptions`."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Small helpers shared by several modules."""
+"""Small helpers shared by every layer; imports only `_exceptions`."""
 
 from __future__ import annotations
 

@@ -8,8 +8,7 @@ from typing import Any, assert_type
 
 import attrs
 
-from pgflow_trio import Context, Engine, FlowDef, Job, RunHandle, open_engine
-from pgflow_trio._models import JSON
+from pgflow_trio import JSON, Context, Engine, FlowDef, Job, RunHandle, open_engine
 
 
 @attrs.frozen

@@ -8,8 +8,20 @@ from typing import Any, assert_type
 
 import attrs
 
-from pgflow_trio import JSON, Context, Engine, Flow, Job, RunHandle, map_step, needs, needs_all, run_inline, step
-from pgflow_trio._definitions._flow import needs_input
+from pgflow_trio import (
+    JSON,
+    Context,
+    Engine,
+    Flow,
+    Job,
+    RunHandle,
+    map_step,
+    needs,
+    needs_all,
+    needs_input,
+    run_inline,
+    step,
+)
 
 
 @attrs.frozen

@@ -7,8 +7,8 @@ from typing import Any
 
 import attrs
 
-from pgflow_trio import Context, Flow, Job, flow_from_spec, serve, step
-from pgflow_trio._runtime import ServeTarget, served
+from pgflow_trio import Context, Flow, Job, ServeTarget, flow_from_spec, serve, step
+from pgflow_trio._runtime import served
 
 
 @attrs.frozen

@@ -93,8 +93,9 @@ def help_of(options: type[Any], field: str) -> str:
 
 
 def _value_type(options: type[Any], field: str) -> Any:
-    """The field's type without None: int, float, str or a Literal of choices."""
-    hint = typing.get_type_hints(options)[field]
+    """The field's type without None: int, float, str or a Literal of choices (resolved by attrs, which works
+    whichever module the class reports)."""
+    hint = attrs.fields_dict(attrs.resolve_types(options))[field].type
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     if typing.get_origin(hint) in (types.UnionType, typing.Union) and len(args) == 1:
         hint = args[0]

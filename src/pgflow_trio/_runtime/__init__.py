@@ -1,4 +1,8 @@
-"""Workers: run flows' and jobs' tasks from the database, several in one process."""
+"""The runtime: workers (read, claim, run each task under its cancel scope, complete or fail it, recover abandoned
+tasks, stop gracefully), the cron scheduler, and inline runs.
+
+May import `_store`, `_definitions` and the layers below them; never `_client` or `_cli`.
+"""
 
 from __future__ import annotations
 
