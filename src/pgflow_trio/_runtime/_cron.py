@@ -287,8 +287,7 @@ class Scheduler:
         """Hold the leader lock on a dedicated session while firing; return when the session is lost."""
         async with self.db.dedicated_session() as session:
             while not session.lost.is_set():
-                got = await session.fetchval("SELECT pg_try_advisory_lock($1)", LEADER_LOCK)
-                if got:
+                if await store.try_lead(session, LEADER_LOCK):
                     break
                 await trio.sleep(self.interval)
             else:
@@ -301,8 +300,8 @@ class Scheduler:
                 pause = self.interval if wait is None else min(self.interval, max(wait, 0.0) + 0.002)
                 with trio.move_on_after(pause):
                     await session.lost.wait()
-                # A cheap check that the lock's session is still there (the termination listener may lag).
-                await session.fetchval("SELECT 1")
+                # The termination listener may lag: check that the lock's session is still there.
+                await store.check_session(session)
 
 
 @attrs.frozen

@@ -12,7 +12,7 @@ from typing import Any
 import attrs
 
 from pgflow_trio._definitions._schedule import ScheduleDef
-from pgflow_trio._store import RawConnection, Record
+from pgflow_trio._store import DedicatedSession, RawConnection, Record
 
 JOB_PREFIX = "pgflow_trio:"
 SYNC_LOCK = 7_301_946_210_553_118_003
@@ -259,3 +259,14 @@ async def stored_schedules(con: RawConnection) -> list[StoredSchedule]:
         )
         for r in rows
     ]
+
+
+async def try_lead(session: DedicatedSession, key: int) -> bool:
+    """Take the built-in scheduler's leader lock on its dedicated session if it is free. The lock is session-level:
+    it is held until the session ends, so a leader that dies (or loses its connection) frees it at once."""
+    return bool(await session.fetchval("SELECT pg_try_advisory_lock($1)", key))
+
+
+async def check_session(session: DedicatedSession) -> None:
+    """A cheap round trip proving the leader's session (and so its lock) is still there."""
+    await session.fetchval("SELECT 1")
