@@ -38,13 +38,11 @@ import pytest
 import trio
 
 from pgflow_trio._client._engine import Engine, open_engine
-from pgflow_trio._codec import encode, from_json
-from pgflow_trio._definitions._context import Context
-from pgflow_trio._definitions._model import FlowDef, StepDef
+from pgflow_trio._codec import from_json
+from pgflow_trio._definitions._model import FlowDef
 from pgflow_trio._exceptions import ConfigurationError, DatabaseError, DefinitionError, PgflowError, TaskInputError
 from pgflow_trio._models import JSON
 from pgflow_trio._runtime import Served, ServeTarget, served
-from pgflow_trio._runtime._execute import call_handler
 from pgflow_trio._store import Database, RawConnection, open_database
 from pgflow_trio._store._databases import create_database, drop_database, is_template, mark_template, rename_database
 from pgflow_trio._store._dsn import parse_dsn, start_embedded
@@ -207,21 +205,12 @@ async def _execute(db: Database, queue: _Queue, task: ClaimedTask) -> Executed:
     """Run one claimed task and report its outcome to pgflow; a cancellation hands the task back first."""
     flow = queue.flow
     where = f"{flow.slug}.{task.step_slug}[{task.task_index}] of run {task.run_id}"
-    ctx = Context(
-        run_id=task.run_id,
-        flow_slug=flow.slug,
-        step_slug=task.step_slug,
-        task_index=task.task_index,
-        attempt=task.attempt,
-        flow_input=task.flow_input,
-        worker_id=queue.worker_id,
-        msg_id=task.msg_id,
-    )
+    ctx = queue.served.context(task, queue.worker_id)
     timeout = queue.timeouts[task.step_slug]
     try:
         try:
             with trio.move_on_after(timeout) as deadline:
-                payload = await _invoke(queue.served, flow.step(task.step_slug), task, ctx)
+                payload = await queue.served.invoke(task, ctx)
         except TaskInputError as bad:
             _log.warning("task %s failed without retry, its input does not fit the handler: %s", where, bad)
             return await _failed(db, queue, task, flow, _error_text(bad), permanent=True)
@@ -255,16 +244,6 @@ async def _hand_back(db: Database, queue: _Queue, task: ClaimedTask) -> None:
             _log.warning(
                 "could not hand back task %s[%d] of run %s: %s", task.step_slug, task.task_index, task.run_id, exc
             )
-
-
-async def _invoke(what: Served, step: StepDef, task: ClaimedTask, ctx: Context) -> str:
-    """The handler's output as the JSON text for complete_task, encoded once, as a worker computes it (raw handlers
-    get pgflow's task input)."""
-    flow = what.flow
-    if what.handlers is not None:
-        result = await what.handlers[step.slug](task.input, ctx)
-        return encode(result, what=f"output of step {flow.slug}.{step.slug}")
-    return await call_handler(flow, step, what.instance, task.input, ctx)
 
 
 async def _failed(

@@ -73,6 +73,27 @@ class Served:
     instance: object | None = None
     handlers: Mapping[str, RawHandler] | None = None
 
+    def context(self, task: ClaimedTask, worker_id: uuid.UUID) -> Context:
+        """The Context a handler of `task` receives (with the raw flow input; typed handlers get it structured)."""
+        return Context(
+            run_id=task.run_id,
+            flow_slug=self.flow.slug,
+            step_slug=task.step_slug,
+            task_index=task.task_index,
+            attempt=task.attempt,
+            flow_input=task.flow_input,
+            worker_id=worker_id,
+            msg_id=task.msg_id,
+        )
+
+    async def invoke(self, task: ClaimedTask, ctx: Context) -> str:
+        """Run the task's handler; its output as the JSON text for complete_task (encoded once). Runtime flows'
+        handlers get pgflow's task input; typed ones raise TaskInputError when that input does not fit."""
+        if self.handlers is not None:
+            result = await self.handlers[task.step_slug](task.input, ctx)
+            return encode(result, what=f"output of step {self.flow.slug}.{task.step_slug}")
+        return await call_handler(self.flow, self.flow.step(task.step_slug), self.instance, task.input, ctx)
+
 
 ServeTarget: TypeAlias = (
     type[Definition[Any, Any]] | Definition[Any, Any] | Served | tuple[FlowDef, Mapping[str, RawHandler]]
@@ -321,22 +342,12 @@ class Worker:
         tasks.start_soon(self._execute, key, task)
 
     async def _execute(self, key: tuple[uuid.UUID, str, int], task: ClaimedTask) -> None:
-        step = self.flow.step(task.step_slug)
         timeout = self._timeouts.get(task.step_slug, 60)
-        ctx = Context(
-            run_id=task.run_id,
-            flow_slug=self.flow.slug,
-            step_slug=task.step_slug,
-            task_index=task.task_index,
-            attempt=task.attempt,
-            flow_input=task.flow_input,
-            worker_id=self.worker_id,
-            msg_id=task.msg_id,
-        )
+        ctx = self.served.context(task, self.worker_id)
         try:
             try:
                 with trio.move_on_after(timeout) as deadline:
-                    output_json = await self._invoke(step.slug, task, ctx)
+                    output_json = await self.served.invoke(task, ctx)
             except TaskInputError as bad:
                 log.error(
                     "task %s/%s[%d] of run %s failed without retry, its input does not fit the handler: %s",
@@ -385,13 +396,6 @@ class Worker:
         finally:
             del self._running[key]
             self._capacity_update()
-
-    async def _invoke(self, slug: str, task: ClaimedTask, ctx: Context) -> str:
-        """Run the handler; its output as the JSON text for complete_task (encoded once)."""
-        if self.served.handlers is not None:
-            result = await self.served.handlers[slug](task.input, ctx)
-            return encode(result, what=f"output of step {self.flow.slug}.{slug}")
-        return await call_handler(self.flow, self.flow.step(slug), self.served.instance, task.input, ctx)
 
     async def _report(self, kind: _Report, task: ClaimedTask, payload: str) -> None:
         """complete_task (batched) or fail_task, retried while the connection is down; a complete_task the
