@@ -33,7 +33,26 @@ _CLEANUP_SECONDS = 10.0
 _PROBE_SECONDS = 3.0
 
 
-class Connection:
+class _Statements:
+    """One statement in one crossing, for whatever `run` means in the subclass (a pooled or a held connection)."""
+
+    async def run(self, fn: Callable[[RawConnection], Awaitable[T]]) -> T:
+        raise NotImplementedError
+
+    async def execute(self, sql: str, *args: object) -> str:
+        return await self.run(lambda c: c.execute(sql, *args))
+
+    async def fetch(self, sql: str, *args: object) -> list[Record]:
+        return await self.run(lambda c: c.fetch(sql, *args))
+
+    async def fetchrow(self, sql: str, *args: object) -> Record | None:
+        return await self.run(lambda c: c.fetchrow(sql, *args))
+
+    async def fetchval(self, sql: str, *args: object) -> Any:
+        return await self.run(lambda c: c.fetchval(sql, *args))
+
+
+class Connection(_Statements):
     """One pooled connection held across several Trio calls (for transactions the caller drives)."""
 
     def __init__(self, db: Database, raw: RawConnection) -> None:
@@ -49,20 +68,8 @@ class Connection:
 
         return await self._db._cross(call())
 
-    async def execute(self, sql: str, *args: object) -> str:
-        return await self.run(lambda c: c.execute(sql, *args))
 
-    async def fetch(self, sql: str, *args: object) -> list[Record]:
-        return await self.run(lambda c: c.fetch(sql, *args))
-
-    async def fetchrow(self, sql: str, *args: object) -> Record | None:
-        return await self.run(lambda c: c.fetchrow(sql, *args))
-
-    async def fetchval(self, sql: str, *args: object) -> Any:
-        return await self.run(lambda c: c.fetchval(sql, *args))
-
-
-class Database:
+class Database(_Statements):
     """Pooled access to PostgreSQL from Trio. Create it with `open_database`."""
 
     def __init__(self, driver: Driver, pool: asyncpg.Pool[asyncpg.Record], dsn: str, connect_timeout: float) -> None:
@@ -91,18 +98,6 @@ class Database:
                 return await fn(raw)
 
         return await self._cross(call())
-
-    async def execute(self, sql: str, *args: object) -> str:
-        return await self.run(lambda c: c.execute(sql, *args))
-
-    async def fetch(self, sql: str, *args: object) -> list[Record]:
-        return await self.run(lambda c: c.fetch(sql, *args))
-
-    async def fetchrow(self, sql: str, *args: object) -> Record | None:
-        return await self.run(lambda c: c.fetchrow(sql, *args))
-
-    async def fetchval(self, sql: str, *args: object) -> Any:
-        return await self.run(lambda c: c.fetchval(sql, *args))
 
     @asynccontextmanager
     async def connection(self, *, user_sql: bool = False) -> AsyncIterator[Connection]:
