@@ -111,6 +111,11 @@ class WorkerOptions:
     """On stop, running tasks get this long to finish before they are cancelled and handed back."""
     extend_margin: float = attrs.field(default=3.0, validator=_seconds, metadata=_help("seconds of visibility left"))
     """Extend a running task's visibility when less than this remains."""
+    run_check_interval: float = attrs.field(
+        default=0.5, validator=_seconds, metadata=_help("seconds between checks that running tasks' runs still run")
+    )
+    """While tasks run, how often the worker checks that their runs are still running, and cancels the handlers of
+    runs that were cancelled or failed. A cancellation notification does the same at once when signal is notify."""
     register_flow: bool = attrs.field(default=True, validator=_flag, metadata=_help("create an absent flow"))
     """Create the flow in the database when it is absent (refuse to start when it differs)."""
     sync_schedules: bool = attrs.field(default=True, validator=_flag, metadata=_help("sync cron schedules at start"))

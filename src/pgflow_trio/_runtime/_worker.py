@@ -34,7 +34,7 @@ from pgflow_trio._exceptions import (
 from pgflow_trio._runtime._completer import Completer
 from pgflow_trio._runtime._execute import call_handler, instantiate
 from pgflow_trio._runtime._options import WorkerOptions
-from pgflow_trio._store import Database, MissedNotifications, open_listener
+from pgflow_trio._store import Database, MissedNotifications, Notification, open_listener
 from pgflow_trio._store._registry import ensure_flow
 from pgflow_trio._store._worker_queries import (
     ClaimedTask,
@@ -47,6 +47,7 @@ from pgflow_trio._store._worker_queries import (
 from pgflow_trio._store._workers import (
     deregister_worker,
     enable_queue_notifications,
+    ended_runs,
     extend_visibility,
     heartbeat,
     liveness_bound,
@@ -60,6 +61,7 @@ RawHandler = Callable[[Any, Context], Awaitable[Any]]
 """A runtime flow's step handler: gets the raw task input (as pgflow builds it) and the context."""
 
 _ERROR_LIMIT = 2000
+_CANCEL_PREFIX = "cancel:"  # payload on the queue's wake channel when a run of it is cancelled
 
 _Report = Literal["complete", "fail", "fail_permanently"]
 _SQL_NAMES = {"complete": "complete_task", "fail": "fail_task", "fail_permanently": "fail_task_permanently"}
@@ -122,6 +124,7 @@ def served(target: ServeTarget) -> Served:
 class _Running:
     task: ClaimedTask
     visible_until: float  # trio clock time when the message's visibility runs out
+    scope: trio.CancelScope = attrs.Factory(trio.CancelScope)  # cancelled when the task's run ends under it
 
 
 @attrs.define
@@ -133,6 +136,7 @@ class WorkerStats:
     released: int = 0
     recovered: int = 0
     reads: int = 0
+    cancelled: int = 0  # handlers cancelled because their run was cancelled or failed while they ran
 
 
 class Worker:
@@ -186,6 +190,7 @@ class Worker:
                 services.start_soon(self._heartbeat_loop)
                 services.start_soon(self._recovery_loop)
                 services.start_soon(self._extend_loop)
+                services.start_soon(self._run_check_loop)
                 services.start_soon(self._completer.run)
                 if signal == "notify":
                     await services.start(self._notify_loop)
@@ -315,6 +320,9 @@ class Worker:
             async for event in listener:
                 if isinstance(event, MissedNotifications):
                     log.info("worker %s: %s; reading now", self.worker_id, event.reason)
+                elif isinstance(event, Notification) and event.payload.startswith(_CANCEL_PREFIX):
+                    self._cancel_run_id(event.payload.removeprefix(_CANCEL_PREFIX))
+                    continue
                 self._wake.set()
 
     async def _drain(self, tasks: trio.Nursery) -> None:
@@ -337,17 +345,22 @@ class Worker:
         start_tasks means to set it to the timeout + 2 s, but that statement of it never runs); the extend loop
         keeps it invisible for as long as the task runs."""
         key = (task.run_id, task.step_slug, task.task_index)
-        self._running[key] = _Running(task, read_at + self.options.read_visibility)
+        running = _Running(task, read_at + self.options.read_visibility)
+        self._running[key] = running
         self.stats.started += 1
-        tasks.start_soon(self._execute, key, task)
+        tasks.start_soon(self._execute, key, running)
 
-    async def _execute(self, key: tuple[uuid.UUID, str, int], task: ClaimedTask) -> None:
+    async def _execute(self, key: tuple[uuid.UUID, str, int], running: _Running) -> None:
+        task = running.task
         timeout = self._timeouts.get(task.step_slug, 60)
         ctx = self.served.context(task, self.worker_id)
         try:
             try:
-                with trio.move_on_after(timeout) as deadline:
+                with running.scope, trio.move_on_after(timeout) as deadline:
                     output_json = await self.served.invoke(task, ctx)
+                if running.scope.cancelled_caught:
+                    await self._abandon(task)
+                    return
             except TaskInputError as bad:
                 log.error(
                     "task %s/%s[%d] of run %s failed without retry, its input does not fit the handler: %s",
@@ -396,6 +409,35 @@ class Worker:
         finally:
             del self._running[key]
             self._capacity_update()
+
+    async def _abandon(self, task: ClaimedTask) -> None:
+        """The task's run was cancelled or failed while its handler ran, and the handler was cancelled: not a
+        failure of the task. A cancelled run's tasks are already failed; a run pgflow failed (another step ran out
+        of attempts) still shows this task started, so mark it failed without a retry, only while it is still
+        this worker's (a run retried in the meantime may have handed it to another worker)."""
+        self.stats.cancelled += 1
+        log.info(
+            "task %s/%s[%d] of run %s: handler cancelled, its run was cancelled or failed",
+            self.flow.slug,
+            task.step_slug,
+            task.task_index,
+            task.run_id,
+        )
+        await self._report("fail_permanently", task, "cancelled: the run was cancelled or failed while the task ran")
+
+    def _cancel_run_id(self, text: str) -> None:
+        try:
+            run_id = uuid.UUID(text)
+        except ValueError:
+            log.warning("worker %s: ignoring malformed cancellation %r", self.worker_id, text[:100])
+            return
+        self._cancel_runs({run_id})
+
+    def _cancel_runs(self, run_ids: set[uuid.UUID]) -> None:
+        """Cancel the running handlers of these runs (their runs ended: cancelled or failed)."""
+        for running in self._running.values():
+            if running.task.run_id in run_ids:
+                running.scope.cancel()
 
     async def _report(self, kind: _Report, task: ClaimedTask, payload: str) -> None:
         """complete_task (batched) or fail_task, retried while the connection is down; a complete_task the
@@ -476,6 +518,23 @@ class Worker:
             for task in recovered:
                 self.stats.recovered += 1
                 log.warning("recovered task %s/%s[%d]: %s", task.run_id, task.step_slug, task.task_index, task.reason)
+
+    async def _run_check_loop(self) -> None:
+        """While tasks run, check that their runs still run; cancel the handlers of runs that ended. (With
+        signal=notify a cancellation also arrives at once as a notification; this bounds it when that is lost or
+        events are off, and catches runs pgflow failed because another step ran out of attempts.)"""
+        while True:
+            await trio.sleep(self.options.run_check_interval)
+            run_ids = {r.task.run_id for r in self._running.values() if not r.scope.cancel_called}
+            if not run_ids:
+                continue
+            try:
+                ended = await self.db.run(functools.partial(ended_runs, run_ids=run_ids))
+            except PgflowError as exc:
+                log.warning("worker %s: checking runs failed: %s", self.worker_id, exc)
+                continue
+            if ended:
+                self._cancel_runs(set(ended))
 
     async def _extend_loop(self) -> None:
         margin = self.options.extend_margin

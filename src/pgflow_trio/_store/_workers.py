@@ -133,3 +133,12 @@ async def live_workers(con: RawConnection, *, queue: str, stale_after: float) ->
         stale_after,
     )
     return count
+
+
+async def ended_runs(con: RawConnection, *, run_ids: Collection[uuid.UUID]) -> list[uuid.UUID]:
+    """Which of `run_ids` are no longer running (failed, cancelled or completed): their running handlers' work
+    can no longer count (pgflow ignores a completion of a failed run)."""
+    rows = await con.fetch(
+        "SELECT run_id FROM pgflow.runs WHERE run_id = ANY($1::uuid[]) AND status <> 'started'", list(run_ids)
+    )
+    return [r["run_id"] for r in rows]
