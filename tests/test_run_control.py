@@ -470,6 +470,13 @@ async def test_rerun_links_and_runs(dsn: str) -> None:
     new_id = uuid.UUID(printed.stdout.strip())
     shown = cli("runs", "show", str(new_id), "--dsn", dsn)
     assert f"rerun of {original.run_id}" in shown.stdout
+    # the new run is still queued: cancel it, then retry it, by id
+    cancelled = cli("runs", "cancel", str(new_id), "--reason", "by hand", "--by", "me", "--dsn", dsn)
+    assert (cancelled.returncode, cancelled.stdout) == (0, f"cancelled run {new_id}\n"), cancelled.stderr
+    assert "cancelled" in cli("runs", "list", "--flow", "ctl_pair", "--dsn", dsn).stdout
+    retried = cli("runs", "retry", str(new_id), "--dsn", dsn)
+    assert (retried.returncode, retried.stdout) == (0, f"retried run {new_id}: 1 tasks queued again\n")
+    assert "status started" in cli("runs", "show", str(new_id), "--dsn", dsn).stdout
 
 
 def test_every_run_control_command_has_help() -> None:
