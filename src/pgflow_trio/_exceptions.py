@@ -3,6 +3,7 @@ imports nothing of the package."""
 
 from __future__ import annotations
 
+import datetime
 import uuid
 
 
@@ -85,3 +86,58 @@ class FlowMismatch(DefinitionError):
 
 class ScheduleNotFound(PgflowError):
     """No schedule of that name exists; the message lists those that do."""
+
+
+class RunCancelled(RunFailed):
+    """The run was cancelled (`engine.cancel_run`): `reason`, `cancelled_by` and `cancelled_at` say why, by whom and
+    when. A subclass of RunFailed, since a cancelled run stops as a failed one does."""
+
+    def __init__(
+        self,
+        run_id: uuid.UUID,
+        flow_slug: str,
+        *,
+        reason: str | None,
+        cancelled_by: str | None,
+        cancelled_at: datetime.datetime,
+    ) -> None:
+        error = "Cancelled" + (f" by {cancelled_by}" if cancelled_by else "") + (f": {reason}" if reason else "")
+        super().__init__(run_id, flow_slug, None, error)
+        self.args = (
+            f"run {run_id} of {flow_slug} was cancelled at {cancelled_at.isoformat(timespec='seconds')}"
+            + (f" by {cancelled_by}" if cancelled_by else "")
+            + (f": {reason}" if reason else ""),
+        )
+        self.reason = reason
+        self.cancelled_by = cancelled_by
+        self.cancelled_at = cancelled_at
+
+
+class RunNotActive(PgflowError):
+    """The run cannot be cancelled: it is not started any more (`state` says what it is: completed, failed or
+    cancelled). Retry a failed or cancelled run, or rerun a finished one."""
+
+    def __init__(self, message: str, *, run_id: uuid.UUID, state: str) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+        self.state = state
+
+
+class RunNotRetryable(PgflowError):
+    """The run cannot be retried in place: only failed or cancelled runs can (`state` says what it is). Cancel a
+    started run first, or rerun a completed one."""
+
+    def __init__(self, message: str, *, run_id: uuid.UUID, state: str) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+        self.state = state
+
+
+class FlowChanged(PgflowError):
+    """The run's flow changed shape since the run started (a step added, dependencies or step types that no longer
+    match the run's state), so it cannot be retried in place; `differences` lists them. Rerun it instead."""
+
+    def __init__(self, message: str, *, run_id: uuid.UUID, differences: str) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+        self.differences = differences

@@ -12,6 +12,9 @@ from typing import Literal, TypeAlias
 import attrs
 
 RunStatus = Literal["started", "completed", "failed"]
+RunState = Literal["started", "completed", "failed", "cancelled"]
+"""A run's state as shown to people: pgflow's status, except that a cancelled run (pgflow status failed) is
+`cancelled`."""
 
 JSON: TypeAlias = "dict[str, JSON] | list[JSON] | str | int | float | bool | None"
 """A JSON value as decoded from the database (run inputs and outputs, untyped results)."""
@@ -38,8 +41,19 @@ class StepState:
 
 
 @attrs.frozen
+class Cancellation:
+    """Who cancelled a run (`by`, as given to `cancel_run`), when (`at`) and why (`reason`)."""
+
+    run_id: uuid.UUID
+    reason: str | None
+    by: str | None
+    at: datetime.datetime
+
+
+@attrs.frozen
 class Run:
-    """A run of a flow. `steps` is filled by `get_run_with_states` (empty otherwise)."""
+    """A run of a flow. `steps` is filled by `get_run_with_states` (empty otherwise). `status` is pgflow's;
+    `state` tells a cancelled run (`cancellation` set) from a failed one. `rerun_of` is the run this one reruns."""
 
     run_id: uuid.UUID
     flow_slug: str
@@ -51,10 +65,17 @@ class Run:
     completed_at: datetime.datetime | None
     failed_at: datetime.datetime | None
     steps: tuple[StepState, ...] = ()
+    cancellation: Cancellation | None = None
+    rerun_of: uuid.UUID | None = None
 
     @property
     def finished(self) -> bool:
         return self.status != "started"
+
+    @property
+    def state(self) -> RunState:
+        """`cancelled` for a cancelled run, else the status."""
+        return "cancelled" if self.status == "failed" and self.cancellation is not None else self.status
 
 
 @attrs.frozen
@@ -191,3 +212,17 @@ class SchemaStatus:
             f"pgflow_trio:      schema {self.schema_version}/{self.schema_expected}",
             f"pg_cron:          {self.pg_cron or 'absent'}",
         ]
+
+
+@attrs.frozen
+class BulkOutcome:
+    """What `cancel_runs` / `retry_runs` did: the runs acted on (with `dry_run`, those that would be), and the runs
+    selected but left alone, each with the reason (one that finished meanwhile, a flow that changed)."""
+
+    run_ids: tuple[uuid.UUID, ...]
+    skipped: tuple[tuple[uuid.UUID, str], ...] = ()
+    dry_run: bool = False
+
+    @property
+    def count(self) -> int:
+        return len(self.run_ids)

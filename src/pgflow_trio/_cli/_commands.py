@@ -287,17 +287,22 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--run-id", type=_run_id, help="a UUID: starting the same id again returns the existing run")
     _add_database_options(start)
 
-    runs = commands.add_parser("runs", help="inspect runs")
+    runs = commands.add_parser("runs", help="inspect and operate runs: list, show, cancel, retry, rerun")
     runs_commands = runs.add_subparsers(dest="runs_command", required=True)
     runs_list = runs_commands.add_parser("list", help="runs, newest first")
     runs_list.add_argument("--flow", help="only runs of this flow slug")
-    runs_list.add_argument("--status", choices=["started", "completed", "failed"])
+    runs_list.add_argument(
+        "--status",
+        choices=["started", "completed", "failed", "cancelled"],
+        help="only runs in this state (failed: failed and not cancelled)",
+    )
     runs_list.add_argument("--limit", type=_int_between(1, 1000), default=20, help="runs per page (1-1000)")
     runs_list.add_argument("--cursor", help="the next-page cursor a previous listing printed")
     _add_database_options(runs_list)
     runs_show = runs_commands.add_parser("show", help="one run with the state of every step")
     runs_show.add_argument("run_id")
     _add_database_options(runs_show)
+    _add_run_control_commands(runs_commands)
 
     flows = commands.add_parser("flows", help="inspect and manage flows in the database")
     flows_commands = flows.add_subparsers(dest="flows_command", required=True)
@@ -513,18 +518,21 @@ def _when(value: datetime.datetime | None) -> str:
 
 
 async def _runs(args: argparse.Namespace) -> int:
+    if args.runs_command in ("cancel", "retry", "rerun"):
+        return await _run_control(args)
     async with open_engine(args.dsn, events=False, **_engine_options(args)) as engine:
         if args.runs_command == "list":
             page = await engine.list_runs(flow=args.flow, status=args.status, limit=args.limit, cursor=args.cursor)
             print(f"{'run_id':36}  {'flow':24}  {'status':9}  started")
             for run in page.runs:
-                print(f"{run.run_id!s:36}  {run.flow_slug:24}  {run.status:9}  {_when(run.started_at)}")
+                print(f"{run.run_id!s:36}  {run.flow_slug:24}  {run.state:9}  {_when(run.started_at)}")
             if page.next_cursor:
                 print(f"more: --cursor {page.next_cursor}")
             return 0
         run = await engine.get_run_with_states(args.run_id)
-        print(f"run {run.run_id}  flow {run.flow_slug}  status {run.status}")
+        print(f"run {run.run_id}  flow {run.flow_slug}  status {run.state}")
         print(f"started {_when(run.started_at)}  completed {_when(run.completed_at)}  failed {_when(run.failed_at)}")
+        _print_run_links(run)
         print(f"input  {json.dumps(run.input)}")
         print(f"output {json.dumps(run.output)}")
         for state in run.steps:
@@ -536,6 +544,134 @@ async def _runs(args: argparse.Namespace) -> int:
             error = f"  error: {state.error_message}" if state.error_message else ""
             print(f"  step {state.step_slug:24} {state.status:9}{tasks}{error}")
         return 0
+
+
+def _add_run_control_commands(runs_commands: Any) -> None:
+    """`runs cancel`, `runs retry` and `runs rerun`."""
+    cancel = runs_commands.add_parser(
+        "cancel",
+        help="cancel a started run, or every started run of a flow (--flow)",
+        description="Cancel a started run: it fails at once, its queued tasks never start, workers are told to "
+        "cancel its running handlers, and it shows as cancelled. Exit 0 when done; 1 when some selected runs were "
+        "skipped (they finished meanwhile); 2 on an error (e.g. the run is not started).",
+    )
+    cancel.add_argument("run_id", nargs="?", type=_run_id, help="the run to cancel (or give --flow)")
+    cancel.add_argument("--reason", help="why: recorded with the cancellation and shown with the run")
+    cancel.add_argument("--by", help="who: recorded with the cancellation (default: nobody named)")
+    _add_bulk_options(cancel, "cancel", statuses=("started",), default="started")
+    _add_database_options(cancel)
+    retry = runs_commands.add_parser(
+        "retry",
+        help="retry a failed or cancelled run in place, or a flow's failed/cancelled runs (--flow)",
+        description="Retry in place: completed steps and map elements keep their outputs and do not run again; every "
+        "other task gets a fresh attempt under the flow's current options. Exit 0 when done; 1 when some selected "
+        "runs were skipped (their state or their flow changed); 2 on an error (e.g. the run is not failed).",
+    )
+    retry.add_argument("run_id", nargs="?", type=_run_id, help="the run to retry (or give --flow)")
+    _add_bulk_options(retry, "retry", statuses=("failed", "cancelled"), default=None)
+    _add_database_options(retry)
+    rerun = runs_commands.add_parser(
+        "rerun",
+        help="start a new run of a run's flow with the same input; print its id",
+        description="Start a new run of the run's flow with the same input, linked to it (runs show prints "
+        "'rerun of'). Prints the new run's id.",
+    )
+    rerun.add_argument("run_id", type=_run_id, help="the run to run again")
+    _add_database_options(rerun)
+
+
+def _add_bulk_options(
+    parser: argparse.ArgumentParser, verb: str, *, statuses: tuple[str, ...], default: str | None
+) -> None:
+    parser.add_argument("--flow", help=f"{verb} runs of this flow slug (instead of RUN_ID)")
+    parser.add_argument(
+        "--status",
+        type=functools.partial(_bulk_status, verb, statuses),
+        default=default,
+        help=f"with --flow: which runs to {verb}: {' or '.join(statuses)}"
+        + (" (the only choice, the default)" if len(statuses) == 1 else " (required)"),
+    )
+    parser.add_argument(
+        "--started-before",
+        type=_aware_datetime,
+        metavar="TIME",
+        help="with --flow: only runs started before this ISO 8601 time with an offset (2026-01-31T12:00Z)",
+    )
+    parser.add_argument("--dry-run", action="store_true", help=f"with --flow: print the runs, {verb} nothing")
+
+
+def _bulk_status(verb: str, statuses: tuple[str, ...], text: str) -> str:
+    if text not in statuses:
+        only = " or ".join(repr(s) for s in statuses)
+        done = {"cancel": "cancelled", "retry": "retried"}[verb]
+        raise argparse.ArgumentTypeError(f"{text!r}: only {only} runs can be {done}")
+    return text
+
+
+def _aware_datetime(text: str) -> datetime.datetime:
+    try:
+        value = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 time (e.g. 2026-01-31T12:00:00Z)") from None
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise argparse.ArgumentTypeError(f"{text!r} has no UTC offset: add one, e.g. {text}Z or {text}+02:00")
+    return value
+
+
+def _print_run_links(run: Any) -> None:
+    if run.cancellation is not None:
+        c = run.cancellation
+        by = f" by {c.by}" if c.by else ""
+        print(f"cancelled {_when(c.at)}{by}: {c.reason or 'no reason given'}")
+    if run.rerun_of is not None:
+        print(f"rerun of {run.rerun_of}")
+
+
+async def _run_control(args: argparse.Namespace) -> int:
+    """`runs cancel|retry|rerun`: one run by id, or (cancel, retry) a flow's runs in bulk with --flow."""
+    command = args.runs_command
+    bulk = command != "rerun" and args.flow is not None
+    if command != "rerun":
+        if bulk == (args.run_id is not None):
+            raise ConfigurationError(f"runs {command}: give either RUN_ID or --flow, not both and not neither")
+        if not bulk and (args.started_before is not None or args.dry_run or args.status not in (None, "started")):
+            raise ConfigurationError(f"runs {command}: --status, --started-before and --dry-run go with --flow")
+        if bulk:
+            checked_slug(args.flow)
+            if args.status is None:
+                raise ConfigurationError(f"runs {command} --flow: give --status failed or --status cancelled")
+    async with open_engine(args.dsn, events=False, **_engine_options(args)) as engine:
+        if command == "rerun":
+            handle = await engine.rerun(args.run_id)
+            print(handle.run_id)
+            return 0
+        if not bulk:
+            if command == "cancel":
+                cancellation = await engine.cancel_run(args.run_id, reason=args.reason, by=args.by)
+                print(f"cancelled run {cancellation.run_id}")
+            else:
+                requeued = await engine.retry_run(args.run_id)
+                print(f"retried run {args.run_id}: {requeued} tasks queued again")
+            return 0
+        if command == "cancel":
+            outcome = await engine.cancel_runs(
+                flow=args.flow,
+                started_before=args.started_before,
+                reason=args.reason,
+                by=args.by,
+                dry_run=args.dry_run,
+            )
+        else:
+            outcome = await engine.retry_runs(
+                flow=args.flow, status=args.status, started_before=args.started_before, dry_run=args.dry_run
+            )
+    past = "cancelled" if command == "cancel" else "retried"
+    print(f"{outcome.count} runs {'would be ' if outcome.dry_run else ''}{past}")
+    for run_id in outcome.run_ids:
+        print(run_id)
+    for run_id, why in outcome.skipped:
+        print(f"skipped {run_id}: {why}", file=sys.stderr)
+    return 1 if outcome.skipped else 0
 
 
 async def _flows(args: argparse.Namespace) -> int:

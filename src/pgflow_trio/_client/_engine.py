@@ -14,6 +14,7 @@ from typing import Any, Generic, Literal, TypeAlias, TypeVar, overload
 import attrs
 import trio
 
+from pgflow_trio._client import _control as control
 from pgflow_trio._client._events import EventHub, _Resync
 from pgflow_trio._client._manage import (
     delete_flow,
@@ -27,8 +28,28 @@ from pgflow_trio._codec import to_json
 from pgflow_trio._definitions._flow import Definition, definition_of
 from pgflow_trio._definitions._model import FlowDef
 from pgflow_trio._definitions._values import decode_run_output, encode_input_json
-from pgflow_trio._exceptions import ConfigurationError, RunFailed, RunNotFound, RunTimeout, SchemaError
-from pgflow_trio._models import JSON, Event, FlowInfo, Health, JSONInput, Run, RunEvent, RunPage, Snapshot
+from pgflow_trio._exceptions import (
+    ConfigurationError,
+    DefinitionError,
+    RunCancelled,
+    RunFailed,
+    RunNotFound,
+    RunTimeout,
+    SchemaError,
+)
+from pgflow_trio._models import (
+    JSON,
+    BulkOutcome,
+    Cancellation,
+    Event,
+    FlowInfo,
+    Health,
+    JSONInput,
+    Run,
+    RunEvent,
+    RunPage,
+    Snapshot,
+)
 from pgflow_trio._runtime import ServeTarget, WorkerGroup, WorkerOptions, run_workers
 from pgflow_trio._runtime._options import boolean, integer, one_of, positive
 from pgflow_trio._store import Connection, Database, DriverChoice, Record, open_database
@@ -122,6 +143,18 @@ def _as_uuid(value: uuid.UUID | str | None, what: str = "run id") -> uuid.UUID |
         raise RunNotFound(f"{value!r} is not a valid {what}: expected a UUID") from None
 
 
+def _run_uuid(run_id: uuid.UUID | str) -> uuid.UUID:
+    rid = _as_uuid(run_id)
+    assert rid is not None
+    return rid
+
+
+def _cancelled(run: Run) -> RunCancelled:
+    assert run.cancellation is not None
+    c = run.cancellation
+    return RunCancelled(run.run_id, run.flow_slug, reason=c.reason, cancelled_by=c.by, cancelled_at=c.at)
+
+
 def _when(
     delay: float | datetime.timedelta | None, at: datetime.datetime | None
 ) -> tuple[datetime.datetime | None, float | None]:
@@ -158,22 +191,28 @@ class RunHandle(Generic[Out]):
         self.existed = existed
         """True when `run_id=` named a run that already existed (an idempotent start)."""
         self._flow = flow
+        self.rerun_of: uuid.UUID | None = None
+        """The run this one reruns (`engine.rerun`); None otherwise, or until `get()` has read the run."""
 
     def __repr__(self) -> str:
         return f"RunHandle({self.flow_slug!r}, {self.run_id})"
 
     def _learn(self, run: Run) -> Run:
         self.flow_slug = run.flow_slug
+        self.rerun_of = run.rerun_of
         return run
 
     async def result(self, timeout: float | None = None) -> Out:  # noqa: ASYNC109 - the documented API
-        """The run's output in the flow's output type; RunFailed if it failed, RunTimeout after `timeout` s."""
+        """The run's output in the flow's output type; RunFailed if it failed (RunCancelled, a RunFailed, if it was
+        cancelled), RunTimeout after `timeout` s."""
         if self.flow_slug is None:  # so that RunFailed/RunTimeout can name the flow
             self._learn(await self._engine._get_run(self.run_id, with_states=False))
         with trio.move_on_after(math.inf if timeout is None else timeout) as scope:
             run = await self._engine._wait_finished(self.run_id)
         if scope.cancelled_caught:
             raise RunTimeout(f"run {self.run_id} of {self.flow_slug} did not finish within {timeout}s")
+        if run.cancellation is not None:
+            raise _cancelled(run)
         if run.status == "failed":
             step, error = await self._engine.db.run(functools.partial(failure_of, run_id=self.run_id))
             raise RunFailed(self.run_id, run.flow_slug, step, error)
@@ -396,8 +435,11 @@ class Engine(_Starter):
         cursor: str | None = None,
     ) -> RunPage:
         """Runs, newest first, filtered by flow, status and start time; `page.next_cursor` gives the next page."""
-        if status is not None and status not in ("started", "completed", "failed"):
-            raise ConfigurationError(f"status must be 'started', 'completed' or 'failed', got {status!r}")
+        if status is not None and status not in ("started", "completed", "failed", "cancelled"):
+            raise ConfigurationError(
+                f"status must be 'started', 'completed', 'failed' or 'cancelled', got {status!r} "
+                "('failed' lists failed runs that were not cancelled)"
+            )
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
             raise ConfigurationError(f"limit must be an integer from 1 to 1000, got {limit!r}")
         for name, value in (("started_after", started_after), ("started_before", started_before)):
@@ -453,6 +495,73 @@ class Engine(_Starter):
                 yield event
                 if isinstance(event, RunEvent) and event.event in _FINAL:
                     return
+
+    # ---- operating runs (cancel, retry in place, rerun) ---------------------------------------------------
+    async def cancel_run(
+        self, run_id: uuid.UUID | str, *, reason: str | None = None, by: str | None = None
+    ) -> Cancellation:
+        """Cancel a started run in one transaction: it fails at once (nothing of it starts or completes any more),
+        its queued tasks never start, `handle.result()` raises RunCancelled, and workers are told to cancel its
+        running handlers. RunNotActive when it is not started (already completed, failed or cancelled)."""
+        return await control.cancel_run(self.db, _run_uuid(run_id), reason=reason, by=by)
+
+    async def cancel_runs(
+        self,
+        *,
+        flow: FlowRef,
+        started_before: datetime.datetime | None = None,
+        reason: str | None = None,
+        by: str | None = None,
+        dry_run: bool = False,
+    ) -> BulkOutcome:
+        """Cancel every started run of `flow` (started before `started_before`, timezone-aware), one transaction
+        per run. With `dry_run`, only say which runs would be cancelled."""
+        return await control.cancel_runs(
+            self.db, flow_slug=_slug_of(flow), started_before=started_before, reason=reason, by=by, dry_run=dry_run
+        )
+
+    async def retry_run(self, run_id: uuid.UUID | str) -> int:
+        """Retry a failed or cancelled run in place, in one transaction: completed steps and map elements keep their
+        outputs; every other task gets a fresh attempt. Returns how many tasks were requeued. RunNotRetryable
+        unless the run is failed or cancelled; FlowChanged when its flow changed shape since it started."""
+        return await control.retry_run(self.db, _run_uuid(run_id))
+
+    async def retry_runs(
+        self,
+        *,
+        flow: FlowRef,
+        status: Literal["failed", "cancelled"] = "failed",
+        started_before: datetime.datetime | None = None,
+        dry_run: bool = False,
+    ) -> BulkOutcome:
+        """Retry in place every failed (or every cancelled) run of `flow`, one transaction per run; runs that
+        cannot be retried (changed state, changed flow) are in `skipped`. `dry_run` only selects."""
+        return await control.retry_runs(
+            self.db, flow_slug=_slug_of(flow), status=status, started_before=started_before, dry_run=dry_run
+        )
+
+    @overload
+    async def rerun(
+        self, run_id: uuid.UUID | str, flow: type[Definition[In, Out]] | Definition[In, Out]
+    ) -> RunHandle[Out]: ...
+    @overload
+    async def rerun(self, run_id: uuid.UUID | str, flow: str | None = None) -> RunHandle[JSON]: ...
+    @overload
+    async def rerun(self, run_id: uuid.UUID | str, flow: FlowDef) -> RunHandle[Any]: ...
+    async def rerun(self, run_id: uuid.UUID | str, flow: FlowRef | None = None) -> RunHandle[Any]:
+        """Start a new run of the run's flow with the same input, linked to it (`handle.rerun_of`,
+        `Run.rerun_of`). Pass the flow class for a typed handle; it must be the run's flow."""
+        original = _run_uuid(run_id)
+        expected = None if flow is None else _slug_of(flow)
+        if expected is not None:
+            actual = (await self._get_run(original, with_states=False)).flow_slug
+            if actual != expected:
+                raise DefinitionError(f"run {original} is a run of {actual!r}, not {expected!r}")
+        new_id, slug = await control.rerun(self.db, original)
+        typed = None if flow is None or isinstance(flow, str) else definition_of(flow)
+        handle: RunHandle[Any] = RunHandle(self, new_id, slug, typed if typed and typed.typed else None, False)
+        handle.rerun_of = original
+        return handle
 
     # ---- flows ---------------------------------------------------------------------------------------------
     async def list_flows(self) -> list[FlowInfo]:

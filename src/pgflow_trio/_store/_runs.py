@@ -13,14 +13,26 @@ import attrs
 
 from pgflow_trio._definitions._slugs import slug_problem
 from pgflow_trio._exceptions import DefinitionError, FlowNotFound
-from pgflow_trio._models import Run, RunPage, StepState
+from pgflow_trio._models import Cancellation, Run, RunPage, StepState
 from pgflow_trio._store import RawConnection, Record
 from pgflow_trio._store._worker_queries import queue_table
 
 _RUN_COLUMNS = (
     "run_id, flow_slug, status, input::text AS input, output::text AS output, remaining_steps, "
-    "started_at, completed_at, failed_at"
+    "started_at, completed_at, failed_at, c.run_id IS NOT NULL AS cancelled, c.reason AS cancel_reason, "
+    "c.cancelled_by, c.cancelled_at, l.rerun_of"
 )
+_RUNS = (
+    "pgflow.runs LEFT JOIN pgflow_trio.run_cancellations AS c USING (run_id) "
+    "LEFT JOIN pgflow_trio.run_links AS l USING (run_id)"
+)
+"""pgflow's runs with our cancellations and rerun links (`run_id` is the joined column)."""
+_STATE_CONDITIONS = {
+    "started": "status = 'started'",
+    "completed": "status = 'completed'",
+    "failed": "status = 'failed' AND c.run_id IS NULL",
+    "cancelled": "status = 'failed' AND c.run_id IS NOT NULL",
+}
 
 
 def checked_slug(slug: str) -> str:
@@ -97,11 +109,15 @@ def _run(row: Record, steps: tuple[StepState, ...] = ()) -> Run:
         completed_at=row["completed_at"],
         failed_at=row["failed_at"],
         steps=steps,
+        cancellation=Cancellation(row["run_id"], row["cancel_reason"], row["cancelled_by"], row["cancelled_at"])
+        if row["cancelled"]
+        else None,
+        rerun_of=row["rerun_of"],
     )
 
 
 async def fetch_run(con: RawConnection, *, run_id: uuid.UUID, with_states: bool) -> Run | None:
-    row = await con.fetchrow(f"SELECT {_RUN_COLUMNS} FROM pgflow.runs WHERE run_id = $1", run_id)
+    row = await con.fetchrow(f"SELECT {_RUN_COLUMNS} FROM {_RUNS} WHERE run_id = $1", run_id)
     if row is None:
         return None
     steps: tuple[StepState, ...] = ()
@@ -156,7 +172,8 @@ async def list_runs(
     limit: int,
     cursor: str | None,
 ) -> RunPage:
-    """Runs newest first, filtered; keyset-paginated on (started_at, run_id)."""
+    """Runs newest first, filtered (`status` is a run state: failed excludes cancelled runs); keyset-paginated on
+    (started_at, run_id)."""
     conditions = ["TRUE"]
     args: list[Any] = []
 
@@ -167,7 +184,7 @@ async def list_runs(
     if flow_slug is not None:
         conditions.append(f"flow_slug = {arg(flow_slug)}")
     if status is not None:
-        conditions.append(f"status = {arg(status)}")
+        conditions.append(_STATE_CONDITIONS[status])
     if started_after is not None:
         conditions.append(f"started_at >= {arg(started_after)}")
     if started_before is not None:
@@ -176,7 +193,7 @@ async def list_runs(
         stamp, last_id = _decode_cursor(cursor)
         conditions.append(f"(started_at, run_id) < ({arg(stamp)}, {arg(last_id)})")
     rows = await con.fetch(
-        f"SELECT {_RUN_COLUMNS} FROM pgflow.runs WHERE {' AND '.join(conditions)} "
+        f"SELECT {_RUN_COLUMNS} FROM {_RUNS} WHERE {' AND '.join(conditions)} "
         f"ORDER BY started_at DESC, run_id DESC LIMIT {arg(limit + 1)}",
         *args,
     )

@@ -1,0 +1,116 @@
+"""Operating runs from the client: cancel, retry in place and rerun, one run or a flow's runs in bulk (one
+transaction per run). The engine's methods of the same names call these."""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import uuid
+
+from pgflow_trio._exceptions import (
+    ConfigurationError,
+    FlowChanged,
+    FlowNotFound,
+    RunNotActive,
+    RunNotFound,
+    RunNotRetryable,
+)
+from pgflow_trio._models import BulkOutcome, Cancellation
+from pgflow_trio._store import Database
+from pgflow_trio._store import _control as sql
+
+RETRYABLE_STATES = ("failed", "cancelled")
+
+
+def _optional_text(name: str, value: object) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise ConfigurationError(f"{name} must be a string or None, got {type(value).__name__}")
+    return value
+
+
+def _aware(name: str, value: object) -> datetime.datetime | None:
+    if value is None:
+        return None
+    if not isinstance(value, datetime.datetime) or value.tzinfo is None or value.utcoffset() is None:
+        raise ConfigurationError(
+            f"{name} must be a timezone-aware datetime (e.g. datetime.now(timezone.utc) - timedelta(hours=1)), "
+            f"got {value!r}"
+        )
+    return value
+
+
+async def cancel_run(db: Database, run_id: uuid.UUID, *, reason: object, by: object) -> Cancellation:
+    return await db.run(
+        functools.partial(
+            sql.cancel_run, run_id=run_id, reason=_optional_text("reason", reason), by=_optional_text("by", by)
+        )
+    )
+
+
+async def _require_flow(db: Database, slug: str) -> None:
+    if not await db.run(functools.partial(sql.flow_exists, flow_slug=slug)):
+        raise FlowNotFound(f"there is no flow {slug!r} in the database")
+
+
+async def cancel_runs(
+    db: Database,
+    *,
+    flow_slug: str,
+    started_before: object,
+    reason: object,
+    by: object,
+    dry_run: bool,
+) -> BulkOutcome:
+    """Cancel every started run of the flow (started before `started_before`), one transaction per run. A run that
+    finished in the meantime is skipped, with the reason."""
+    before = _aware("started_before", started_before)
+    text, who = _optional_text("reason", reason), _optional_text("by", by)
+    await _require_flow(db, flow_slug)
+    ids = await db.run(functools.partial(sql.select_runs, flow_slug=flow_slug, state="started", started_before=before))
+    if dry_run:
+        return BulkOutcome(tuple(ids), dry_run=True)
+    done: list[uuid.UUID] = []
+    skipped: list[tuple[uuid.UUID, str]] = []
+    for run_id in ids:
+        try:
+            await db.run(functools.partial(sql.cancel_run, run_id=run_id, reason=text, by=who))
+        except (RunNotActive, RunNotFound) as exc:
+            skipped.append((run_id, str(exc)))
+        else:
+            done.append(run_id)
+    return BulkOutcome(tuple(done), tuple(skipped))
+
+
+async def retry_run(db: Database, run_id: uuid.UUID) -> int:
+    return await db.run(functools.partial(sql.retry_run, run_id=run_id))
+
+
+async def retry_runs(
+    db: Database, *, flow_slug: str, status: object, started_before: object, dry_run: bool
+) -> BulkOutcome:
+    """Retry every failed (or every cancelled) run of the flow in place, one transaction per run. Runs whose state
+    changed meanwhile, or whose flow changed shape, are skipped with the reason."""
+    if status not in RETRYABLE_STATES:
+        raise ConfigurationError(
+            f"status must be 'failed' or 'cancelled' (only those runs can be retried), got {status!r}"
+        )
+    state: sql.SelectableState = "failed" if status == "failed" else "cancelled"
+    before = _aware("started_before", started_before)
+    await _require_flow(db, flow_slug)
+    ids = await db.run(functools.partial(sql.select_runs, flow_slug=flow_slug, state=state, started_before=before))
+    if dry_run:
+        return BulkOutcome(tuple(ids), dry_run=True)
+    done: list[uuid.UUID] = []
+    skipped: list[tuple[uuid.UUID, str]] = []
+    for run_id in ids:
+        try:
+            await db.run(functools.partial(sql.retry_run, run_id=run_id))
+        except (RunNotRetryable, RunNotFound, FlowChanged) as exc:
+            skipped.append((run_id, str(exc)))
+        else:
+            done.append(run_id)
+    return BulkOutcome(tuple(done), tuple(skipped))
+
+
+async def rerun(db: Database, run_id: uuid.UUID) -> tuple[uuid.UUID, str]:
+    return await db.run(functools.partial(sql.rerun, run_id=run_id))
