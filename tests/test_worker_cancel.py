@@ -8,12 +8,13 @@ import functools
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
+import pytest
 import trio
 
-from pgflow_trio import Flow, WorkerGroup, WorkerOptions, serve, step
+from pgflow_trio import Flow, RunCancelled, WorkerGroup, WorkerOptions, open_engine, serve, step
 from pgflow_trio._store import Database, open_database
 
 from .helpers import FAST, eventually, start_run, wait_run
@@ -43,6 +44,19 @@ class Sleeper(Flow[str, int], slug="cancel_sleeper", max_attempts=3, timeout=60)
         if input == "quick":
             return 1
         return await _wait_forever(input)
+
+
+class Once(Flow[str, int], slug="cancel_once", max_attempts=1, timeout=60):
+    """Waits to be cancelled the first time it runs for an input, returns 7 the next time."""
+
+    seen: ClassVar[set[str]] = set()
+
+    @step
+    async def work(self, input: str) -> int:
+        if input not in Once.seen:
+            Once.seen.add(input)
+            return await _wait_forever(input)
+        return 7
 
 
 class Sibling(Flow[str, dict[str, Any]], slug="cancel_sibling", max_attempts=1, timeout=60):
@@ -96,6 +110,31 @@ async def test_a_cancellation_notification_cancels_the_running_handler_at_once(d
             assert task is not None and (task["status"], task["attempts_count"]) == ("failed", 1)
             # the worker goes on serving
             assert await wait_run(db, await start_run(db, "cancel_sleeper", "quick")) == ("completed", {"sleep": 1})
+
+
+async def test_cancel_run_cancels_the_handler_and_a_retry_gets_a_fresh_attempt(dsn: str) -> None:
+    """Through the public API, with max_attempts=1: the cancelled handler is not a failed attempt, nothing of
+    the run completes later, and retrying it runs the task again and completes the run."""
+    handler_started, handler_cancelled = _events("engine")
+    with trio.fail_after(30):
+        async with serving(dsn, Once, FAST) as (db, group), open_engine(dsn) as engine:
+            handle = await engine.start(Once, "engine")
+            await handler_started.wait()
+            await engine.cancel_run(handle.run_id, reason="wrong input", by="ops")
+            await handler_cancelled.wait()
+            worker = group.workers[0]
+            await eventually(lambda: _true(worker.running == 0))
+            await trio.sleep(0.5)  # anything late would land now
+            run = await engine.get_run(handle.run_id)
+            assert (run.state, run.output) == ("cancelled", None)
+            assert (worker.stats.cancelled, worker.stats.failed, worker.stats.completed) == (1, 0, 0)
+            with pytest.raises(RunCancelled) as cancelled_run:
+                await handle.result()
+            assert cancelled_run.value.reason == "wrong input"
+            await engine.retry_run(handle.run_id)
+            assert await handle.result() == 7
+            task = await db.fetchrow("SELECT attempts_count FROM pgflow.step_tasks WHERE run_id = $1", handle.run_id)
+            assert task is not None and task["attempts_count"] == 1
 
 
 async def test_without_notifications_the_run_check_cancels_the_handler(dsn: str) -> None:
