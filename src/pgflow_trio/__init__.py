@@ -52,6 +52,7 @@ from pgflow_trio._models import Health as Health
 from pgflow_trio._models import InstallReport as InstallReport
 from pgflow_trio._models import JSONInput as JSONInput
 from pgflow_trio._models import QueueHealth as QueueHealth
+from pgflow_trio._models import QueuePause as QueuePause
 from pgflow_trio._models import Run as Run
 from pgflow_trio._models import RunEvent as RunEvent
 from pgflow_trio._models import RunPage as RunPage

@@ -87,8 +87,16 @@ class RunPage:
 
 
 @attrs.frozen
+class QueuePause:
+    """A flow's queue is paused: our workers read none of its messages (runs still start; their tasks wait)."""
+
+    since: datetime.datetime
+    reason: str | None = None
+
+
+@attrs.frozen
 class FlowInfo:
-    """A flow in the database: its options, steps, and how many runs it has by status."""
+    """A flow in the database: its options, steps, how many runs it has by status, and whether its queue is paused."""
 
     slug: str
     max_attempts: int
@@ -97,6 +105,7 @@ class FlowInfo:
     steps: tuple[str, ...]
     created_at: datetime.datetime
     runs: dict[str, int]
+    paused: QueuePause | None = None
 
 
 @attrs.frozen
@@ -114,13 +123,15 @@ class QueueHealth:
     oldest_message_age: float | None
     visible: int = 0
     oldest_visible_age: float | None = None
+    paused: QueuePause | None = None
+    """Set while the queue is paused: waiting work is then expected, a warning and not a problem."""
 
 
 @attrs.frozen
 class Health:
     """What `health_check` found. `ok` is False when there is any problem: the database unreachable, the schema
-    incomplete, a queue with visible work and no live worker, or work waiting longer than `max_age`. `warnings`
-    (workers that stopped heartbeating) do not make it unhealthy."""
+    incomplete, a queue with visible work and no live worker, or work waiting longer than `max_age` (a paused queue
+    is neither). `warnings` (workers that stopped heartbeating, paused queues) do not make it unhealthy."""
 
     ok: bool
     database: str

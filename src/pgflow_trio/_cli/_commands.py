@@ -31,9 +31,15 @@ from pgflow_trio._definitions._compile import compile_flow
 from pgflow_trio._definitions._flow import definition_of
 from pgflow_trio._definitions._model import FlowDef
 from pgflow_trio._exceptions import ConfigurationError, PgflowError, RunFailed, RunTimeout
-from pgflow_trio._models import JSON
+from pgflow_trio._models import JSON, QueuePause
 from pgflow_trio._runtime import CronBackend, ServeTarget, WorkerGroup, WorkerOptions, serve
-from pgflow_trio._runtime._cron import list_schedules, remove_schedule, sync_schedules
+from pgflow_trio._runtime._cron import (
+    list_schedules,
+    pause_schedule,
+    remove_schedule,
+    resume_schedule,
+    sync_schedules,
+)
 from pgflow_trio._store import Database, open_database
 from pgflow_trio._store._dsn import resolve_dsn, with_connect_timeout
 from pgflow_trio._store._runs import checked_slug
@@ -320,6 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     flows_upsert.add_argument("spec", type=Path, help="a .json spec file")
     flows_upsert.add_argument("--force", action="store_true", help="even while live workers serve it")
     _add_database_options(flows_upsert)
+    _add_flows_pause_parsers(flows_commands)
 
     health = commands.add_parser(
         "health",
@@ -356,6 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     cron_remove.add_argument("name", help="the schedule's name, as cron list shows it")
     cron_remove.add_argument("--cron-dsn", help="the database where pg_cron is installed (default: --dsn)")
     _add_database_options(cron_remove)
+    _add_cron_pause_parsers(cron_commands)
 
     demo = commands.add_parser("demo", help="run the order demo end to end (embedded PostgreSQL by default)")
     demo.add_argument("--runs", type=_int_between(1, 1000), default=20, help="how many runs to start (default 20)")
@@ -364,6 +372,34 @@ def build_parser() -> argparse.ArgumentParser:
     compile_ = commands.add_parser("compile", help="print the SQL that creates a flow (as @pgflow/dsl compiles it)")
     compile_.add_argument("target", help="package.module:Attr, path/to/file.py:Attr, or a .json spec file")
     return parser
+
+
+def _add_flows_pause_parsers(flows_commands: Any) -> None:
+    pause = flows_commands.add_parser(
+        "pause",
+        help="stop pgflow_trio's workers reading a flow's queue (runs still start; their tasks wait)",
+        description="Workers stop reading the queue within a second; tasks already running finish. Runs can still "
+        "be started: their tasks wait until `flows resume`. pgflow's TypeScript workers do not honour a pause.",
+    )
+    pause.add_argument("slug")
+    pause.add_argument("--reason", help="why, shown by health and flows list")
+    _add_database_options(pause)
+    resume = flows_commands.add_parser("resume", help="let workers read a paused flow's queue again")
+    resume.add_argument("slug")
+    _add_database_options(resume)
+
+
+def _add_cron_pause_parsers(cron_commands: Any) -> None:
+    pause = cron_commands.add_parser("pause", help="stop a schedule firing (either backend) until resumed")
+    pause.add_argument("name", help="the schedule's name, as cron list shows it")
+    pause.add_argument("--cron-dsn", help="the database where pg_cron is installed (default: --dsn)")
+    _add_database_options(pause)
+    resume = cron_commands.add_parser(
+        "resume", help="let a paused schedule fire again; the ticks it missed follow its catch_up policy"
+    )
+    resume.add_argument("name", help="the schedule's name, as cron list shows it")
+    resume.add_argument("--cron-dsn", help="the database where pg_cron is installed (default: --dsn)")
+    _add_database_options(resume)
 
 
 async def _db_install(args: argparse.Namespace) -> int:
@@ -674,13 +710,33 @@ async def _run_control(args: argparse.Namespace) -> int:
     return 1 if outcome.skipped else 0
 
 
+def _paused_text(pause: QueuePause | None) -> str:
+    if pause is None:
+        return ""
+    return f"  PAUSED since {_when(pause.since)}" + (f": {pause.reason}" if pause.reason else "")
+
+
+async def _flows_pause(args: argparse.Namespace) -> int:
+    async with open_engine(args.dsn, events=False, **_engine_options(args)) as engine:
+        if args.flows_command == "pause":
+            pause = await engine.pause(args.slug, reason=args.reason)
+            why = f": {pause.reason}" if pause.reason else ""
+            print(f"paused flow {args.slug} (since {_when(pause.since)}){why}")
+            return 0
+        was_paused = await engine.resume(args.slug)
+    print(f"resumed flow {args.slug}" if was_paused else f"flow {args.slug} was not paused")
+    return 0
+
+
 async def _flows(args: argparse.Namespace) -> int:
+    if args.flows_command in ("pause", "resume"):
+        return await _flows_pause(args)
     spec = load_spec(args.spec) if args.flows_command == "upsert" else None
     async with open_engine(args.dsn, events=False, **_engine_options(args)) as engine:
         if args.flows_command == "list":
             for info in await engine.list_flows():
                 counts = ", ".join(f"{k} {v}" for k, v in sorted(info.runs.items())) or "no runs"
-                print(f"{info.slug:32} steps: {', '.join(info.steps)}  ({counts})")
+                print(f"{info.slug:32} steps: {', '.join(info.steps)}  ({counts}){_paused_text(info.paused)}")
             return 0
         if args.flows_command == "show":
             for statement in compile_flow(await engine.get_flow(args.slug)):
@@ -705,6 +761,8 @@ async def _flows(args: argparse.Namespace) -> int:
 async def _cron(args: argparse.Namespace) -> int:
     if args.cron_command == "remove":
         return await _cron_remove(args)
+    if args.cron_command in ("pause", "resume"):
+        return await _cron_pause(args)
     flows = [load_target(target)[0] for target in args.targets]
     chosen = _cron_backend(args) if args.cron_command == "sync" else "auto"
     async with open_engine(args.dsn, events=False, **_engine_options(args)) as engine:
@@ -721,6 +779,8 @@ async def _cron(args: argparse.Namespace) -> int:
                 print(f"    last: {last}")
                 for line in item.drift:
                     print(f"    drift: {line}")
+                if item.paused_at is not None:
+                    print(f"    paused since {_when(item.paused_at)}: it fires nothing until `cron resume {item.name}`")
                 if item.orphan:
                     print(
                         f"    orphan: {item.orphan}; it fires nothing until a worker serves flow {item.flow_slug!r} "
@@ -754,6 +814,17 @@ async def _cron_remove(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _cron_pause(args: argparse.Namespace) -> int:
+    async with open_engine(args.dsn, events=False, **_engine_options(args)) as engine, _cron_database(args) as cron_db:
+        if args.cron_command == "pause":
+            since = await pause_schedule(engine.db, args.name, cron_db=cron_db)
+            print(f"paused schedule {args.name} (since {_when(since)})")
+            return 0
+        was_paused = await resume_schedule(engine.db, args.name, cron_db=cron_db)
+    print(f"resumed schedule {args.name}" if was_paused else f"schedule {args.name} was not paused")
+    return 0
+
+
 def _age(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds:.0f}s"
 
@@ -772,6 +843,7 @@ async def _health(args: argparse.Namespace) -> int:
         print(
             f"  queue {q.queue:32} workers {q.workers_alive} alive, {q.workers_stale} stale; "
             f"{q.visible} visible (oldest waiting {_age(q.oldest_visible_age)}), {q.depth} in all"
+            + ("; PAUSED" if q.paused else "")
         )
     for warning in report.warnings:
         print(f"warning: {warning}")

@@ -22,6 +22,8 @@ from pgflow_trio._client._manage import (
     flow_from_database,
     health,
     list_flows,
+    pause,
+    resume,
     upsert_flow,
 )
 from pgflow_trio._codec import to_json
@@ -45,12 +47,14 @@ from pgflow_trio._models import (
     FlowInfo,
     Health,
     JSONInput,
+    QueuePause,
     Run,
     RunEvent,
     RunPage,
     Snapshot,
 )
 from pgflow_trio._runtime import ServeTarget, WorkerGroup, WorkerOptions, run_workers
+from pgflow_trio._runtime import _cron as cron
 from pgflow_trio._runtime._options import boolean, integer, one_of, positive
 from pgflow_trio._store import Connection, Database, DriverChoice, Record, open_database
 from pgflow_trio._store._dsn import resolve_dsn
@@ -611,6 +615,44 @@ class Engine(_Starter):
         return await health(
             self.db, stale_after=self.options.stale_after, max_age=max_age, require_workers=require_workers
         )
+
+    # ---- pausing queues and schedules ----------------------------------------------------------------------
+    async def pause(self, flow: FlowRef, *, reason: str | None = None) -> QueuePause:
+        """Pause a flow's queue: pgflow_trio's workers stop reading it within a second (running tasks finish and
+        complete); runs can still be started, their tasks wait. pgflow's TypeScript workers do not honour it.
+        Idempotent (a second pause keeps the first instant); FlowNotFound when the flow is not in the database."""
+        return await pause(self.db, _slug_of(flow), reason=reason)
+
+    async def resume(self, flow: FlowRef) -> bool:
+        """Resume a paused flow's queue (its workers read again within a second); whether it was paused."""
+        return await resume(self.db, _slug_of(flow))
+
+    @asynccontextmanager
+    async def _cron_db(self, cron_dsn: str | None) -> AsyncIterator[Database]:
+        if cron_dsn is None:
+            yield self.db
+            return
+        async with open_database(cron_dsn, max_size=2, connect_timeout=self.options.connect_timeout) as cron_db:
+            yield cron_db
+
+    async def pause_schedule(self, name: str, *, cron_dsn: str | None = None) -> datetime.datetime:
+        """Pause a cron schedule: it fires no ticks on either backend until resumed (its pg_cron job is
+        deactivated; `cron_dsn`: where pg_cron lives when it is another database). Returns since when it is
+        paused; ScheduleNotFound when there is no such schedule."""
+        async with self._cron_db(cron_dsn) as cron_db:
+            return await cron.pause_schedule(self.db, name, cron_db=cron_db)
+
+    async def resume_schedule(self, name: str, *, cron_dsn: str | None = None) -> bool:
+        """Resume a paused schedule; whether it was paused. The ticks it missed follow its `catch_up` policy
+        ('skip': none fires; 'once': the latest fires once)."""
+        async with self._cron_db(cron_dsn) as cron_db:
+            return await cron.resume_schedule(self.db, name, cron_db=cron_db)
+
+    async def remove_schedule(self, name: str, *, cron_dsn: str | None = None) -> bool:
+        """Delete a schedule with its recorded ticks and its pg_cron job (also one whose flow no longer exists);
+        whether a pg_cron job went too. ScheduleNotFound when there is no such schedule."""
+        async with self._cron_db(cron_dsn) as cron_db:
+            return await cron.remove_schedule(self.db, name, cron_db=cron_db)
 
     # ---- workers -------------------------------------------------------------------------------------------
     async def serve(

@@ -8,7 +8,8 @@ are orphans, which `list_schedules` reports and `remove_schedule` removes. The b
 PostgreSQL advisory lock held on a dedicated connection; its successor fires the ticks the old leader missed within
 `grace` seconds, and so does a scheduler when a flow's worker comes back; older missed ticks follow the schedule's
 catch-up policy (skip, or fire once). The leader also fires a pg_cron-backed schedule's tick that pg_cron missed
-(still unrecorded `PG_CRON_HEAD_START` seconds after it), so both backends give the same guarantee.
+(still unrecorded `PG_CRON_HEAD_START` seconds after it), so both backends give the same guarantee. A paused
+schedule fires nothing on either backend; on resume, the ticks it missed follow its catch-up policy.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import trio
 
 from pgflow_trio._definitions._model import FlowDef
 from pgflow_trio._definitions._schedule import ScheduleDef, latest_tick, next_ticks, ticks_between
-from pgflow_trio._exceptions import PgflowError, ScheduleNotFound
+from pgflow_trio._exceptions import DatabaseError, PgflowError, ScheduleNotFound
 from pgflow_trio._runtime._options import CronBackend
 from pgflow_trio._store import Database
 from pgflow_trio._store import _schedules as store
@@ -133,7 +134,7 @@ async def sync_schedules(
     if installed:
         on_pg_cron = {name: s for name, s in desired.items() if backends[name] == "pg_cron"}
         not_on_pg_cron = set(removed) | {name for name in desired if name not in on_pg_cron}
-        await _sync_pg_cron_jobs(db, cron_db, on_pg_cron, not_on_pg_cron, prune)
+        await _sync_pg_cron_jobs(db, cron_db, on_pg_cron, not_on_pg_cron, prune, changes.paused)
     default = "pg_cron" if installed and backend != "builtin" else "builtin"
     return SyncReport(
         _summary(backends, default),
@@ -147,10 +148,15 @@ async def sync_schedules(
 
 
 async def _sync_pg_cron_jobs(
-    db: Database, cron_db: Database, desired: dict[str, ScheduleDef], unwanted: set[str], prune: bool
+    db: Database,
+    cron_db: Database,
+    desired: dict[str, ScheduleDef],
+    unwanted: set[str],
+    prune: bool,
+    paused: frozenset[str],
 ) -> None:
-    """Create or update the pg_cron jobs of `desired`; unschedule those of `unwanted` (and with `prune`, every job
-    of ours that is not desired)."""
+    """Create or update the pg_cron jobs of `desired` (inactive for the `paused` ones); unschedule those of
+    `unwanted` (and with `prune`, every job of ours that is not desired)."""
     database = await db.run(store.current_database)
     await cron_db.run(
         functools.partial(
@@ -159,6 +165,7 @@ async def _sync_pg_cron_jobs(
             desired={name: schedule.five_field for name, schedule in desired.items()},
             unwanted=unwanted,
             prune=prune,
+            paused=paused,
         )
     )
 
@@ -174,10 +181,70 @@ async def remove_schedule(db: Database, name: str, *, cron_db: Database | None =
         database = await db.run(store.current_database)
         removed_job = await cron_db.run(functools.partial(store.delete_pg_cron_job, name=name, database=database))
     if not removal.removed and not removed_job:
-        others = removal.others
-        existing = f"the schedules are: {', '.join(others)}" if others else "there are no schedules"
-        raise ScheduleNotFound(f"there is no schedule {name!r}; {existing} (python -m pgflow_trio cron list)")
+        raise _not_found(name, removal.others)
     return removed_job
+
+
+def _not_found(name: str, others: Sequence[str]) -> ScheduleNotFound:
+    existing = f"the schedules are: {', '.join(others)}" if others else "there are no schedules"
+    return ScheduleNotFound(f"there is no schedule {name!r}; {existing} (python -m pgflow_trio cron list)")
+
+
+async def pause_schedule(db: Database, name: str, *, cron_db: Database | None = None) -> datetime.datetime:
+    """Pause schedule `name`: it fires no ticks on either backend until resumed (`fire_schedule` refuses it, the
+    built-in scheduler skips it, and its pg_cron job, if any, is deactivated). Pausing twice keeps the first
+    instant, which it returns. ScheduleNotFound, listing the schedules, when there is no such schedule."""
+    pause = await db.run(functools.partial(store.pause_schedule_row, name=name))
+    if pause is None:
+        raise _not_found(name, await db.run(store.schedule_names))
+    if pause.backend == "pg_cron":
+        await _set_pg_cron_job_active(db, cron_db or db, name, active=False)
+    log.info("schedule %s paused", name)
+    return pause.paused_at
+
+
+def settle_on_resume(schedule: ScheduleDef, since: datetime.datetime, now: datetime.datetime) -> datetime.datetime:
+    """Up to when a resumed schedule's missed ticks count as handled: `now` with catch_up='skip' (none fires);
+    with catch_up='once', just before the latest tick missed since `since`, so that the scheduler fires that one
+    tick (a tick after the resume fires as usual)."""
+    if schedule.catch_up == "once":
+        latest = latest_tick(schedule, now)
+        if latest is not None and latest > since:
+            return latest - datetime.timedelta(microseconds=1)
+    return now
+
+
+async def resume_schedule(db: Database, name: str, *, cron_db: Database | None = None) -> bool:
+    """Resume schedule `name`; whether it was paused. The ticks it missed while paused follow its catch_up policy
+    (`settle_on_resume`); its pg_cron job, if any, is activated again. ScheduleNotFound when there is no such
+    schedule."""
+    resumed = await db.run(functools.partial(store.resume_schedule_row, name=name, settle=settle_on_resume))
+    if resumed is None:
+        raise _not_found(name, await db.run(store.schedule_names))
+    if resumed.backend == "pg_cron":
+        await _set_pg_cron_job_active(db, cron_db or db, name, active=True)
+    if resumed.was_paused:
+        log.info("schedule %s resumed; its missed ticks are settled up to %s", name, resumed.settled_to)
+    return resumed.was_paused
+
+
+async def _set_pg_cron_job_active(db: Database, cron_db: Database, name: str, *, active: bool) -> None:
+    """(De)activate a schedule's pg_cron job. Where this role may not alter pg_cron jobs, the job stays as it is
+    (a warning says so): fire_schedule refuses a paused schedule anyway."""
+    if await pg_cron_version(cron_db) is None:
+        return
+    database = await db.run(store.current_database)
+    try:
+        await cron_db.run(functools.partial(store.set_pg_cron_job_active, name=name, database=database, active=active))
+    except DatabaseError as exc:
+        if exc.sqlstate != "42501":  # insufficient_privilege
+            raise
+        log.warning(
+            "schedule %s: could not %sactivate its pg_cron job (%s); fire_schedule refuses it while paused",
+            name,
+            "" if active else "de",
+            exc,
+        )
 
 
 PG_CRON_HEAD_START = 15.0
@@ -239,7 +306,7 @@ async def fire_due(db: Database, *, grace: float, head_start: float = PG_CRON_HE
         now = due.now
         on_pg_cron = due.backend == "pg_cron"
         # pg_cron may fire a later tick before this leader fires an earlier one it missed: the window of a
-        # pg_cron-backed schedule is listed from its creation, and recorded ticks are left out.
+        # pg_cron-backed schedule is listed from its creation (or last resume), and recorded ticks are left out.
         plan = plan_ticks(
             schedule,
             since=due.since,
@@ -247,7 +314,7 @@ async def fire_due(db: Database, *, grace: float, head_start: float = PG_CRON_HE
             grace=grace,
             head_start=head_start if on_pg_cron else 0.0,
             recorded=due.recorded,
-            first=due.created_at if on_pg_cron else None,
+            first=due.window_from if on_pg_cron else None,
         )
         if plan.skip_to is not None:
             log.warning("schedule %s skipped the ticks missed up to %s (catch_up=skip)", schedule.name, plan.skip_to)
@@ -319,6 +386,8 @@ class ScheduleStatus:
     drift: tuple[str, ...]
     orphan: str | None = None
     """Why the schedule fires nothing now (its flow is gone, or no live worker serves it); None when it fires."""
+    paused_at: datetime.datetime | None = None
+    """Since when the schedule is paused (it fires nothing until resumed); None when it is not."""
 
 
 def _ago(age: datetime.timedelta) -> str:
@@ -378,6 +447,7 @@ async def list_schedules(db: Database, flows: Sequence[FlowDef] = (), count: int
                 row.last_run_status,
                 tuple(drift),
                 _orphan_reason(row),
+                row.paused_at,
             )
         )
     for name, mine in code.items():

@@ -35,12 +35,12 @@ from pgflow_trio._runtime._completer import Completer
 from pgflow_trio._runtime._execute import call_handler, instantiate
 from pgflow_trio._runtime._options import WorkerOptions
 from pgflow_trio._store import Database, MissedNotifications, Notification, open_listener
+from pgflow_trio._store._pauses import PausableRead, read_and_claim_unless_paused
 from pgflow_trio._store._registry import ensure_flow
 from pgflow_trio._store._worker_queries import (
     ClaimedTask,
     fail,
     fail_permanently,
-    read_and_claim,
     release,
     wake_channel,
 )
@@ -276,6 +276,7 @@ class Worker:
 
     async def _read_loop(self, tasks: trio.Nursery, signal: str) -> None:
         interval = self.options.poll_min
+        paused = False
         with self._intake:
             while True:
                 free = await self._wait_for_capacity()
@@ -285,7 +286,7 @@ class Worker:
                 try:
                     result = await self.db.run(
                         functools.partial(
-                            read_and_claim,
+                            read_and_claim_unless_paused,
                             queue=self.flow.slug,
                             worker_id=self.worker_id,
                             qty=qty,
@@ -300,6 +301,7 @@ class Worker:
                     await trio.sleep(min(self.options.poll_max * 2, 5.0))
                     continue
                 self.stats.reads += 1
+                paused = self._note_pause(result, paused)
                 for task in result.tasks:
                     self._spawn(tasks, task, read_at)
                 if result.read:
@@ -312,6 +314,17 @@ class Worker:
                         wait = min(wait, max(result.next_visible_in, 0.005))
                     with trio.move_on_after(wait):
                         await self._wake.wait()
+
+    def _note_pause(self, result: PausableRead, was_paused: bool) -> bool:
+        """Log when the queue's pause begins or ends, as this worker sees it; whether it is paused now."""
+        paused = result.paused
+        if paused and not was_paused:
+            log.info(
+                "worker %s: queue %s is paused; reading nothing until it is resumed", self.worker_id, self.flow.slug
+            )
+        elif was_paused and not paused:
+            log.info("worker %s: queue %s was resumed; reading again", self.worker_id, self.flow.slug)
+        return paused
 
     async def _notify_loop(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         channels = [wake_channel(self.flow.slug)]

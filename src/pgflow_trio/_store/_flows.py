@@ -11,7 +11,7 @@ from pgflow_trio._definitions._compile import compile_flow
 from pgflow_trio._definitions._diff import flow_differences
 from pgflow_trio._definitions._model import FlowDef, Options, StepDef
 from pgflow_trio._exceptions import FlowInUse, FlowNotFound
-from pgflow_trio._models import FlowInfo
+from pgflow_trio._models import FlowInfo, QueuePause
 from pgflow_trio._store import RawConnection
 from pgflow_trio._store._workers import live_workers
 
@@ -59,14 +59,16 @@ async def flow_exists(con: RawConnection, *, slug: str) -> bool:
 
 
 async def list_flows(con: RawConnection) -> list[FlowInfo]:
-    """Every flow with its options, steps and run counts by status."""
+    """Every flow with its options, steps, run counts by status, and its queue's pause if it is paused."""
     rows = await con.fetch(
         """SELECT f.flow_slug, f.opt_max_attempts, f.opt_base_delay, f.opt_timeout, f.created_at,
                   coalesce((SELECT array_agg(s.step_slug ORDER BY s.step_index) FROM pgflow.steps s
                             WHERE s.flow_slug = f.flow_slug), '{}') AS steps,
                   coalesce((SELECT jsonb_object_agg(status, n) FROM (SELECT status, count(*) AS n FROM pgflow.runs r
-                            WHERE r.flow_slug = f.flow_slug GROUP BY status) c), '{}')::text AS runs
-           FROM pgflow.flows f ORDER BY f.flow_slug"""
+                            WHERE r.flow_slug = f.flow_slug GROUP BY status) c), '{}')::text AS runs,
+                  p.paused_at, p.reason AS pause_reason
+           FROM pgflow.flows f LEFT JOIN pgflow_trio.queue_pauses p ON p.queue = f.flow_slug
+           ORDER BY f.flow_slug"""
     )
     return [
         FlowInfo(
@@ -77,6 +79,7 @@ async def list_flows(con: RawConnection) -> list[FlowInfo]:
             steps=tuple(r["steps"]),
             created_at=r["created_at"],
             runs={k: int(v) for k, v in json.loads(r["runs"]).items()},
+            paused=None if r["paused_at"] is None else QueuePause(r["paused_at"], r["pause_reason"]),
         )
         for r in rows
     ]
@@ -101,8 +104,8 @@ async def _delete_rows(con: RawConnection, slug: str) -> dict[str, int]:
 
 
 async def delete_flow(con: RawConnection, *, slug: str, force: bool, stale_after: float) -> dict[str, int]:
-    """Delete a flow with its runs, tasks and queue, in one transaction; returns how many rows went per table.
-    FlowNotFound when absent; FlowInUse while live workers serve it, unless `force`."""
+    """Delete a flow with its runs, tasks, queue and the queue's pause, in one transaction; returns how many rows
+    went per table. FlowNotFound when absent; FlowInUse while live workers serve it, unless `force`."""
     async with con.transaction():
         await lock_flow(con, slug=slug)
         if not await flow_exists(con, slug=slug):
@@ -113,7 +116,9 @@ async def delete_flow(con: RawConnection, *, slug: str, force: bool, stale_after
                 f"{live} live worker(s) serve flow {slug!r}: stop them first, or delete anyway with force=True "
                 f"(CLI: --force); their tasks would fail"
             )
-        return await _delete_rows(con, slug)
+        counts = await _delete_rows(con, slug)
+        await con.execute("DELETE FROM pgflow_trio.queue_pauses WHERE queue = $1", slug)
+        return counts
 
 
 async def upsert_flow(

@@ -1,9 +1,9 @@
-"""What health checks read: per flow queue, live and stale workers, and its messages' counts and ages."""
+"""What health checks read: per flow queue, live and stale workers, its messages' counts and ages, and its pause."""
 
 from __future__ import annotations
 
 from pgflow_trio._definitions._slugs import slug_problem
-from pgflow_trio._models import QueueHealth
+from pgflow_trio._models import QueueHealth, QueuePause
 from pgflow_trio._store import RawConnection
 from pgflow_trio._store._worker_queries import queue_table
 
@@ -16,8 +16,9 @@ _QUEUE_STATS = (
 
 
 async def queue_health(con: RawConnection, *, stale_after: float) -> list[QueueHealth]:
-    """Per flow: live/stale workers and message counts and ages, read from the queue tables (pgmq's metrics count
-    invisible messages into the age, and an age from enqueue time makes every delayed job look stuck)."""
+    """Per flow: live/stale workers, its queue's pause, and message counts and ages, read from the queue tables
+    (pgmq's metrics count invisible messages into the age, and an age from enqueue time makes every delayed job
+    look stuck)."""
     rows = await con.fetch(
         """SELECT f.flow_slug,
                   (SELECT count(*) FROM pgflow.workers w WHERE w.queue_name = f.flow_slug
@@ -26,8 +27,10 @@ async def queue_health(con: RawConnection, *, stale_after: float) -> list[QueueH
                   (SELECT count(*) FROM pgflow.workers w WHERE w.queue_name = f.flow_slug
                     AND w.deprecated_at IS NULL
                     AND w.last_heartbeat_at <= clock_timestamp() - make_interval(secs => $1)) AS stale,
-                  EXISTS (SELECT 1 FROM pgmq.meta m WHERE m.queue_name = f.flow_slug) AS has_queue
-           FROM pgflow.flows f ORDER BY f.flow_slug""",
+                  EXISTS (SELECT 1 FROM pgmq.meta m WHERE m.queue_name = f.flow_slug) AS has_queue,
+                  p.paused_at, p.reason AS pause_reason
+           FROM pgflow.flows f LEFT JOIN pgflow_trio.queue_pauses p ON p.queue = f.flow_slug
+           ORDER BY f.flow_slug""",
         stale_after,
     )
     queues = []
@@ -45,6 +48,7 @@ async def queue_health(con: RawConnection, *, stale_after: float) -> list[QueueH
                 stats["oldest"] if stats else None,
                 visible=stats["visible"] if stats else 0,
                 oldest_visible_age=stats["oldest_visible"] if stats else None,
+                paused=None if r["paused_at"] is None else QueuePause(r["paused_at"], r["pause_reason"]),
             )
         )
     return queues

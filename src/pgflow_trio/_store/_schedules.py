@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime
 import json
 import uuid
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -27,6 +27,8 @@ class ScheduleChanges:
     updated: tuple[str, ...]
     removed: tuple[str, ...]
     unchanged: tuple[str, ...]
+    paused: frozenset[str] = frozenset()
+    """The schedules (of those kept) that are paused: their pg_cron jobs stay inactive."""
 
 
 @attrs.frozen
@@ -45,7 +47,9 @@ class DueSchedule:
     backend: str
     since: datetime.datetime
     """The last tick fired or skipped, else the schedule's creation: its unfired ticks come after it."""
-    created_at: datetime.datetime
+    window_from: datetime.datetime
+    """Where a pg_cron-backed schedule's ticks are listed from: its creation, or its last resume (the ticks before
+    that were settled then)."""
     now: datetime.datetime
     recorded: frozenset[datetime.datetime]
     """The ticks already recorded in the recent past asked for (`recent` seconds)."""
@@ -66,6 +70,7 @@ class StoredSchedule:
     served: bool
     last_seen: datetime.datetime | None
     """The latest heartbeat of any worker ever registered for the flow."""
+    paused_at: datetime.datetime | None = None
 
 
 def _definition(row: Record, input: Any = None) -> ScheduleDef:
@@ -107,7 +112,7 @@ async def sync_schedule_rows(
     async with con.transaction():
         await con.execute("SELECT pg_advisory_xact_lock($1)", SYNC_LOCK)
         rows = await con.fetch(
-            "SELECT name, flow_slug, expression, timezone, input::text AS input, catch_up, backend "
+            "SELECT name, flow_slug, expression, timezone, input::text AS input, catch_up, backend, paused_at "
             "FROM pgflow_trio.schedules WHERE flow_slug = ANY($1::text[]) OR $2",
             list(flow_slugs),
             prune,
@@ -145,7 +150,8 @@ async def sync_schedule_rows(
                 updated.append(name)
             else:
                 unchanged.append(name)
-    return ScheduleChanges(tuple(created), tuple(updated), tuple(removed), tuple(unchanged))
+    paused = frozenset(name for name, row in existing.items() if name in desired and row["paused_at"] is not None)
+    return ScheduleChanges(tuple(created), tuple(updated), tuple(removed), tuple(unchanged), paused)
 
 
 async def sync_pg_cron_jobs(
@@ -155,11 +161,13 @@ async def sync_pg_cron_jobs(
     desired: Mapping[str, str],
     unwanted: Collection[str],
     prune: bool,
+    paused: Collection[str] = (),
 ) -> None:
     """On the pg_cron database: create or update the jobs of `desired` (schedule name -> five-field expression)
-    that run in `database`; unschedule those of `unwanted` (and with `prune`, every job of ours not desired)."""
+    that run in `database`, inactive for the schedules in `paused`; unschedule those of `unwanted` (and with
+    `prune`, every job of ours not desired)."""
     ours = await con.fetch(
-        "SELECT jobid, jobname, schedule, command FROM cron.job WHERE jobname LIKE $1 AND database = $2",
+        "SELECT jobid, jobname, schedule, command, active FROM cron.job WHERE jobname LIKE $1 AND database = $2",
         JOB_PREFIX + "%",
         database,
     )
@@ -172,10 +180,18 @@ async def sync_pg_cron_jobs(
         # The command only names the schedule, quoted by PostgreSQL itself (format %L); the input stays in a table.
         command = await con.fetchval("SELECT format('SELECT pgflow_trio.fire_schedule(%L)', $1::text)", name)
         existing = current.get(JOB_PREFIX + name)
+        active = name not in paused
         if existing is not None and existing["schedule"] == expression and existing["command"] == command:
+            if existing["active"] != active:
+                await con.execute("SELECT cron.alter_job($1::bigint, active => $2)", existing["jobid"], active)
             continue
         await con.execute(
-            "SELECT cron.schedule_in_database($1, $2, $3, $4)", JOB_PREFIX + name, expression, command, database
+            "SELECT cron.schedule_in_database($1, $2, $3, $4, NULL, $5)",
+            JOB_PREFIX + name,
+            expression,
+            command,
+            database,
+            active,
         )
 
 
@@ -200,18 +216,19 @@ async def delete_pg_cron_job(con: RawConnection, *, name: str, database: str) ->
 
 
 async def due_schedules(con: RawConnection, *, recent: float) -> list[DueSchedule]:
-    """Every schedule (either backend) whose flow a live worker serves, with the instant its unfired ticks start
-    after and the ticks recorded within the last `recent` seconds."""
+    """Every schedule (either backend) not paused whose flow a live worker serves, with the instant its unfired
+    ticks start after and the ticks recorded within the last `recent` seconds."""
     rows = await con.fetch(
         "SELECT s.name, s.flow_slug, s.expression, s.timezone, s.catch_up, s.backend, "
-        "coalesce(s.last_tick, s.created_at) AS since, s.created_at, clock_timestamp() AS now, "
+        "coalesce(s.last_tick, s.created_at) AS since, greatest(s.created_at, s.resumed_at) AS window_from, "
+        "clock_timestamp() AS now, "
         "ARRAY(SELECT c.tick FROM pgflow_trio.cron_ticks c WHERE c.schedule_name = s.name "
         "      AND c.tick > clock_timestamp() - make_interval(secs => $1)) AS recorded "
-        "FROM pgflow_trio.schedules s WHERE pgflow_trio.flow_is_served(s.flow_slug)",
+        "FROM pgflow_trio.schedules s WHERE s.paused_at IS NULL AND pgflow_trio.flow_is_served(s.flow_slug)",
         recent,
     )
     return [
-        DueSchedule(_definition(r), r["backend"], r["since"], r["created_at"], r["now"], frozenset(r["recorded"]))
+        DueSchedule(_definition(r), r["backend"], r["since"], r["window_from"], r["now"], frozenset(r["recorded"]))
         for r in rows
     ]
 
@@ -231,10 +248,12 @@ async def skip_ticks(con: RawConnection, *, name: str, until: datetime.datetime)
 
 
 async def stored_schedules(con: RawConnection) -> list[StoredSchedule]:
-    """Every schedule with its last tick and run, whether its flow exists and is served, and its last worker."""
+    """Every schedule with its last tick and run, whether its flow exists and is served, its last worker, and
+    since when it is paused."""
     rows = await con.fetch(
         """SELECT s.name, s.flow_slug, s.expression, s.timezone, s.catch_up, s.backend, s.input::text AS input,
-                  clock_timestamp() AS now, t.tick AS last_tick, t.run_id AS last_run_id, r.status AS last_status,
+                  s.paused_at, clock_timestamp() AS now, t.tick AS last_tick, t.run_id AS last_run_id,
+                  r.status AS last_status,
                   EXISTS (SELECT 1 FROM pgflow.flows f WHERE f.flow_slug = s.flow_slug) AS flow_exists,
                   pgflow_trio.flow_is_served(s.flow_slug) AS served,
                   (SELECT max(w.last_heartbeat_at) FROM pgflow.workers w WHERE w.queue_name = s.flow_slug)
@@ -256,9 +275,86 @@ async def stored_schedules(con: RawConnection) -> list[StoredSchedule]:
             flow_exists=r["flow_exists"],
             served=r["served"],
             last_seen=r["last_seen"],
+            paused_at=r["paused_at"],
         )
         for r in rows
     ]
+
+
+async def schedule_names(con: RawConnection) -> list[str]:
+    """The names of every schedule, sorted."""
+    return [r["name"] for r in await con.fetch("SELECT name FROM pgflow_trio.schedules ORDER BY name")]
+
+
+@attrs.frozen
+class SchedulePause:
+    """A paused schedule: since when, and its backend."""
+
+    paused_at: datetime.datetime
+    backend: str
+
+
+async def pause_schedule_row(con: RawConnection, *, name: str) -> SchedulePause | None:
+    """Pause schedule `name` (a second pause keeps the first instant); None when there is no such schedule."""
+    async with con.transaction():
+        await con.execute("SELECT pg_advisory_xact_lock($1)", SYNC_LOCK)
+        row = await con.fetchrow(
+            "UPDATE pgflow_trio.schedules SET paused_at = coalesce(paused_at, clock_timestamp()) WHERE name = $1 "
+            "RETURNING paused_at, backend",
+            name,
+        )
+    return None if row is None else SchedulePause(row["paused_at"], row["backend"])
+
+
+Settle = Callable[[ScheduleDef, datetime.datetime, datetime.datetime], datetime.datetime]
+"""(schedule, since, now) -> the instant up to which the ticks missed while paused are settled on resume."""
+
+
+@attrs.frozen
+class ScheduleResume:
+    """What resuming a schedule did: whether it was paused, its backend, and up to when its ticks were settled."""
+
+    was_paused: bool
+    backend: str
+    settled_to: datetime.datetime | None
+
+
+async def resume_schedule_row(con: RawConnection, *, name: str, settle: Settle) -> ScheduleResume | None:
+    """Resume schedule `name`, settling the ticks it missed while paused up to `settle(schedule, since, now)`:
+    they count as fired or skipped, and the scheduler handles any later one (`since` is its last tick fired or
+    skipped, else its creation; `now` the database clock). None when there is no such schedule."""
+    async with con.transaction():
+        await con.execute("SELECT pg_advisory_xact_lock($1)", SYNC_LOCK)
+        row = await con.fetchrow(
+            "SELECT name, flow_slug, expression, timezone, catch_up, backend, paused_at, "
+            "coalesce(last_tick, created_at) AS since, clock_timestamp() AS now "
+            "FROM pgflow_trio.schedules WHERE name = $1 FOR UPDATE",
+            name,
+        )
+        if row is None:
+            return None
+        if row["paused_at"] is None:
+            return ScheduleResume(False, row["backend"], None)
+        settled_to = settle(_definition(row), row["since"], row["now"])
+        await con.execute(
+            "UPDATE pgflow_trio.schedules SET paused_at = NULL, resumed_at = $2, "
+            "last_tick = greatest(last_tick, $2) WHERE name = $1",
+            name,
+            settled_to,
+        )
+    return ScheduleResume(True, row["backend"], settled_to)
+
+
+async def set_pg_cron_job_active(con: RawConnection, *, name: str, database: str, active: bool) -> bool:
+    """On the pg_cron database: (de)activate the job of schedule `name` that runs in `database`; whether there is
+    one."""
+    jobid = await con.fetchval(
+        "SELECT jobid FROM cron.job WHERE jobname = $1 AND database = $2", JOB_PREFIX + name, database
+    )
+    if jobid is None:
+        return False
+    await con.execute("SELECT cron.alter_job($1::bigint, active => $2)", jobid, active)
+    return True
 
 
 async def try_lead(session: DedicatedSession, key: int) -> bool:
