@@ -23,12 +23,25 @@ from pgflow_trio._client._manage import (
     list_flows,
     upsert_flow,
 )
+from pgflow_trio._client._retention import prune_runs
 from pgflow_trio._codec import to_json
 from pgflow_trio._definitions._flow import Definition, definition_of
 from pgflow_trio._definitions._model import FlowDef
 from pgflow_trio._definitions._values import decode_run_output, encode_input_json
 from pgflow_trio._exceptions import ConfigurationError, RunFailed, RunNotFound, RunTimeout, SchemaError
-from pgflow_trio._models import JSON, Event, FlowInfo, Health, JSONInput, Run, RunEvent, RunPage, Snapshot
+from pgflow_trio._models import (
+    JSON,
+    Event,
+    FlowInfo,
+    Health,
+    JSONInput,
+    PruneReport,
+    PruneStatus,
+    Run,
+    RunEvent,
+    RunPage,
+    Snapshot,
+)
 from pgflow_trio._runtime import ServeTarget, WorkerGroup, WorkerOptions, run_workers
 from pgflow_trio._runtime._options import boolean, integer, one_of, positive
 from pgflow_trio._store import Connection, Database, DriverChoice, Record, open_database
@@ -501,6 +514,27 @@ class Engine(_Starter):
             raise ConfigurationError(f"max_age must be a number of seconds >= 0 or None, got {max_age!r}")
         return await health(
             self.db, stale_after=self.options.stale_after, max_age=max_age, require_workers=require_workers
+        )
+
+    # ---- retention -----------------------------------------------------------------------------------------
+    async def prune_runs(
+        self,
+        *,
+        older_than: float | datetime.timedelta | str,
+        status: PruneStatus = "all",
+        flow: FlowRef | None = None,
+        dry_run: bool = False,
+        batch_size: int = 500,
+    ) -> PruneReport:
+        """DELETE finished runs (`status`: completed, failed or all) that finished more than `older_than` ago
+        (seconds, a timedelta, or '30m', '12h', '7d'), with their step states, tasks and pgmq messages, and the
+        archived messages older than that whose run is gone. A started run is never touched, whatever its age.
+
+        `batch_size` runs per short transaction, which skips runs a worker has locked and pauses between batches,
+        so workers are never starved. `dry_run=True` counts what would go and deletes nothing."""
+        slug = None if flow is None else _slug_of(flow)
+        return await prune_runs(
+            self.db, older_than=older_than, status=status, flow_slug=slug, dry_run=dry_run, batch_size=batch_size
         )
 
     # ---- workers -------------------------------------------------------------------------------------------
