@@ -397,6 +397,7 @@ async def test_pruning_under_load_never_touches_a_started_run(dsn: str, caplog: 
     with trio.fail_after(120):
         async with open_engine(dsn, events=False, pool_size=30) as engine, trio.open_nursery() as nursery:
             group: WorkerGroup = await nursery.start(functools.partial(engine.serve, Chain, options=FAST))
+            assert group.pruner is None  # off unless asked for
             producing = True
 
             async def prune_repeatedly() -> None:
