@@ -218,6 +218,7 @@ NOT_SETTINGS = {
         "read_visibility": "visibility of a read, extended while a task runs (library)",
         "extend_margin": "when to extend a running task's visibility (library)",
         "timeout_grace": "recovery margin past a task's timeout (library)",
+        "run_check_interval": "fallback check that running tasks' runs still run (library)",
         "scheduler_grace": "how old a missed tick may be and still fire (library)",
         "register_flow": "the worker command always registers its flows",
         "sync_schedules": "the worker command always syncs its schedules (cron sync does it by hand)",

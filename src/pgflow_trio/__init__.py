@@ -51,6 +51,8 @@ from pgflow_trio._models import FlowInfo as FlowInfo
 from pgflow_trio._models import Health as Health
 from pgflow_trio._models import InstallReport as InstallReport
 from pgflow_trio._models import JSONInput as JSONInput
+from pgflow_trio._models import PruneReport as PruneReport
+from pgflow_trio._models import PruneStatus as PruneStatus
 from pgflow_trio._models import QueueHealth as QueueHealth
 from pgflow_trio._models import QueuePause as QueuePause
 from pgflow_trio._models import Run as Run

@@ -237,3 +237,49 @@ class BulkOutcome:
     @property
     def count(self) -> int:
         return len(self.run_ids)
+
+
+PruneStatus = Literal["completed", "failed", "all"]
+"""Which finished runs `prune_runs` deletes: completed ones, failed ones, or both."""
+
+
+@attrs.frozen
+class PruneReport:
+    """What `prune_runs` deleted (or, with `dry_run`, would delete): rows per kind, finished before `cutoff`."""
+
+    cutoff: datetime.datetime
+    """Runs that finished (completed_at or failed_at) before this instant of the database clock were pruned."""
+    dry_run: bool = False
+    runs: int = 0
+    step_states: int = 0
+    step_tasks: int = 0
+    archived_messages: int = 0
+    """Rows of pgmq's archive tables (`pgmq.a_<queue>`): the pruned runs' messages and older runless ones."""
+    queued_messages: int = 0
+    """Messages still in a queue (`pgmq.q_<queue>`) for a pruned run, such as a failed run's tasks never started."""
+    batches: int = 0
+    """Transactions it took (none for a dry run)."""
+    skipped_batches: int = 0
+    """Batches given up because a worker held a lock too long (their runs are pruned on a later pass)."""
+
+    def plus(self, other: PruneReport) -> PruneReport:
+        """Both reports' counts added up (the cutoff and dry_run of this one)."""
+        return attrs.evolve(
+            self,
+            runs=self.runs + other.runs,
+            step_states=self.step_states + other.step_states,
+            step_tasks=self.step_tasks + other.step_tasks,
+            archived_messages=self.archived_messages + other.archived_messages,
+            queued_messages=self.queued_messages + other.queued_messages,
+            batches=self.batches + other.batches,
+            skipped_batches=self.skipped_batches + other.skipped_batches,
+        )
+
+    def summary(self) -> str:
+        """One line: what went (or would go)."""
+        verb = "would delete" if self.dry_run else "deleted"
+        return (
+            f"{verb} {self.runs} runs, {self.step_states} step states, {self.step_tasks} tasks, "
+            f"{self.archived_messages} archived and {self.queued_messages} queued messages "
+            f"(finished before {self.cutoff.isoformat(timespec='seconds')})"
+        )

@@ -40,6 +40,7 @@ from pgflow_trio._runtime._cron import (
     resume_schedule,
     sync_schedules,
 )
+from pgflow_trio._runtime._pruner import parse_duration
 from pgflow_trio._store import Database, open_database
 from pgflow_trio._store._dsn import resolve_dsn, with_connect_timeout
 from pgflow_trio._store._runs import checked_slug
@@ -61,6 +62,8 @@ class Setting:
     field: str
     aliases: tuple[str, ...] = ()
     """Older spellings of the flag, still accepted."""
+    duration: bool = False
+    """The value is a duration: seconds, or a number and a unit (`30m`, `12h`, `7d`)."""
 
     @property
     def flag(self) -> str:
@@ -74,18 +77,27 @@ class Setting:
         return self.field
 
 
-WORKER_SETTINGS = tuple(
-    Setting(name)
-    for name in (
-        "concurrency",
-        "batch_size",
-        "signal",
-        "shutdown_grace",
-        "heartbeat_interval",
-        "stale_after",
-        "recovery_interval",
-        "cron_backend",
-    )
+PRUNER_SETTINGS = (
+    Setting("prune_older_than", duration=True),
+    Setting("prune_status"),
+    Setting("prune_interval", duration=True),
+    Setting("prune_batch_size"),
+)
+WORKER_SETTINGS = (
+    *(
+        Setting(name)
+        for name in (
+            "concurrency",
+            "batch_size",
+            "signal",
+            "shutdown_grace",
+            "heartbeat_interval",
+            "stale_after",
+            "recovery_interval",
+            "cron_backend",
+        )
+    ),
+    *PRUNER_SETTINGS,
 )
 CRON_BACKEND = Setting("cron_backend")
 CONNECT_TIMEOUT = Setting("connect_timeout")
@@ -144,11 +156,13 @@ def add_settings(parser: argparse.ArgumentParser, options: type[Any], settings: 
             extra["choices"] = typing.get_args(hint)
         else:
             extra["metavar"] = "N" if hint is int else "SECONDS" if hint is float else "VALUE"
+        if setting.duration:
+            extra["metavar"] = "DURATION"
         parser.add_argument(
             setting.flag,
             *setting.aliases,
             dest=setting.dest(),
-            type=functools.partial(_flag_value, hint),
+            type=_duration if setting.duration else functools.partial(_flag_value, hint),
             default=None,
             help=f"{help_of(options, setting.field)} (${setting.env}, default {shown})",
             **extra,
@@ -175,10 +189,13 @@ def settings_from(args: argparse.Namespace, options: type[Any], settings: Sequen
             if not text:
                 continue
             source = f"${setting.env}={text!r}"
-            try:
-                value = _convert(text, _value_type(options, setting.field))
-            except ValueError as exc:
-                raise ConfigurationError(f"{source}: {exc}") from None
+            if setting.duration:
+                value = parse_duration(text, what=source)
+            else:
+                try:
+                    value = _convert(text, _value_type(options, setting.field))
+                except ValueError as exc:
+                    raise ConfigurationError(f"{source}: {exc}") from None
         field = fields[setting.field]
         if field.validator is not None:
             try:
@@ -309,6 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     runs_show.add_argument("run_id")
     _add_database_options(runs_show)
     _add_run_control_commands(runs_commands)
+    _add_runs_prune(runs_commands)
 
     flows = commands.add_parser("flows", help="inspect and manage flows in the database")
     flows_commands = flows.add_subparsers(dest="flows_command", required=True)
@@ -451,10 +469,9 @@ async def _cron_database(args: argparse.Namespace) -> AsyncIterator[Database | N
 
 
 async def _worker(args: argparse.Namespace) -> int:
-    options = WorkerOptions(
-        **settings_from(args, WorkerOptions, WORKER_SETTINGS),
-        scheduler=not args.no_scheduler,
-    )
+    settings = settings_from(args, WorkerOptions, WORKER_SETTINGS)
+    _check_pruner_settings(settings)
+    options = WorkerOptions(**settings, scheduler=not args.no_scheduler)
     connect_timeout = _connect_timeout(args)
     # serve() checks each target at run time and names what is wrong with it.
     targets = [typing.cast(ServeTarget, load_object(target)) for target in args.targets]
@@ -556,6 +573,8 @@ def _when(value: datetime.datetime | None) -> str:
 async def _runs(args: argparse.Namespace) -> int:
     if args.runs_command in ("cancel", "retry", "rerun"):
         return await _run_control(args)
+    if args.runs_command == "prune":
+        return await _runs_prune(args)
     async with open_engine(args.dsn, events=False, **_engine_options(args)) as engine:
         if args.runs_command == "list":
             page = await engine.list_runs(flow=args.flow, status=args.status, limit=args.limit, cursor=args.cursor)
@@ -725,6 +744,60 @@ async def _flows_pause(args: argparse.Namespace) -> int:
             return 0
         was_paused = await engine.resume(args.slug)
     print(f"resumed flow {args.slug}" if was_paused else f"flow {args.slug} was not paused")
+    return 0
+
+
+def _duration(text: str) -> float:
+    """argparse type: a duration (`90`, `30m`, `12h`, `7d`) in seconds."""
+    try:
+        return parse_duration(text)
+    except ConfigurationError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _check_pruner_settings(settings: dict[str, Any]) -> None:
+    """The pruner's other settings mean nothing without --prune-older-than: refuse them rather than ignore them."""
+    given = sorted(name for name in settings if name.startswith("prune_") and name != "prune_older_than")
+    if given and "prune_older_than" not in settings:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise ConfigurationError(f"{flags} need --prune-older-than ($PGFLOW_PRUNE_OLDER_THAN): the pruner is off")
+
+
+def _add_runs_prune(runs_commands: Any) -> None:
+    prune = runs_commands.add_parser(
+        "prune",
+        help="DELETE finished runs older than a duration, with their steps, tasks and archived messages",
+        description="Delete completed and/or failed runs that finished more than --older-than ago, with their step "
+        "states, tasks and pgmq messages, in short batches that skip runs a worker has locked. Started runs are "
+        "never touched.",
+    )
+    prune.add_argument(
+        "--older-than", type=_duration, required=True, metavar="DURATION", help="e.g. 30m, 12h, 7d, or seconds"
+    )
+    prune.add_argument(
+        "--status", choices=["completed", "failed", "all"], default="all", help="which finished runs (default all)"
+    )
+    prune.add_argument("--flow", help="only runs of this flow slug")
+    prune.add_argument("--dry-run", action="store_true", help="count what would be deleted; delete nothing")
+    prune.add_argument(
+        "--batch-size", type=_int_between(1, 100_000), default=500, help="runs per transaction (default 500)"
+    )
+    _add_database_options(prune)
+
+
+async def _runs_prune(args: argparse.Namespace) -> int:
+    flow = None if args.flow is None else checked_slug(args.flow)
+    async with open_engine(args.dsn, events=False, **_engine_options(args)) as engine:
+        report = await engine.prune_runs(
+            older_than=args.older_than,
+            status=args.status,
+            flow=flow,
+            dry_run=args.dry_run,
+            batch_size=args.batch_size,
+        )
+    print(report.summary())
+    if report.skipped_batches:
+        print("some runs were locked by workers and were left for the next prune", file=sys.stderr)
     return 0
 
 

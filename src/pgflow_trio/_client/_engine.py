@@ -26,6 +26,7 @@ from pgflow_trio._client._manage import (
     resume,
     upsert_flow,
 )
+from pgflow_trio._client._retention import prune_runs
 from pgflow_trio._codec import to_json
 from pgflow_trio._definitions._flow import Definition, definition_of
 from pgflow_trio._definitions._model import FlowDef
@@ -47,6 +48,8 @@ from pgflow_trio._models import (
     FlowInfo,
     Health,
     JSONInput,
+    PruneReport,
+    PruneStatus,
     QueuePause,
     Run,
     RunEvent,
@@ -653,6 +656,27 @@ class Engine(_Starter):
         whether a pg_cron job went too. ScheduleNotFound when there is no such schedule."""
         async with self._cron_db(cron_dsn) as cron_db:
             return await cron.remove_schedule(self.db, name, cron_db=cron_db)
+
+    # ---- retention -----------------------------------------------------------------------------------------
+    async def prune_runs(
+        self,
+        *,
+        older_than: float | datetime.timedelta | str,
+        status: PruneStatus = "all",
+        flow: FlowRef | None = None,
+        dry_run: bool = False,
+        batch_size: int = 500,
+    ) -> PruneReport:
+        """DELETE finished runs (`status`: completed, failed or all) that finished more than `older_than` ago
+        (seconds, a timedelta, or '30m', '12h', '7d'), with their step states, tasks and pgmq messages, and the
+        archived messages older than that whose run is gone. A started run is never touched, whatever its age.
+
+        `batch_size` runs per short transaction, which skips runs a worker has locked and pauses between batches,
+        so workers are never starved. `dry_run=True` counts what would go and deletes nothing."""
+        slug = None if flow is None else _slug_of(flow)
+        return await prune_runs(
+            self.db, older_than=older_than, status=status, flow_slug=slug, dry_run=dry_run, batch_size=batch_size
+        )
 
     # ---- workers -------------------------------------------------------------------------------------------
     async def serve(

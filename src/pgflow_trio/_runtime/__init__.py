@@ -24,6 +24,7 @@ from pgflow_trio._util import unwrap_single_errors
 
 if TYPE_CHECKING:
     from pgflow_trio._runtime._cron import SyncReport
+    from pgflow_trio._runtime._pruner import Pruner
 
 log = logging.getLogger("pgflow_trio.worker")
 
@@ -32,16 +33,18 @@ class WorkerGroup:
     """The workers `serve` runs; `stop()` drains them all (and stops the process's scheduler).
 
     `schedules` says what the start-up schedule sync did and which backend each schedule got (None when
-    `sync_schedules` is off)."""
+    `sync_schedules` is off). `pruner` is this process's pruner (None unless `prune_older_than` is set)."""
 
     def __init__(
         self,
         workers: Sequence[Worker],
         on_stop: Callable[[], None] | None = None,
         schedules: SyncReport | None = None,
+        pruner: Pruner | None = None,
     ) -> None:
         self.workers = tuple(workers)
         self.schedules = schedules
+        self.pruner = pruner
         self._on_stop = on_stop
 
     def stop(self) -> None:
@@ -74,9 +77,23 @@ async def run_workers(
         with scheduling:
             await Scheduler(db, grace=options.scheduler_grace).run()
 
+    pruning = trio.CancelScope()
+    pruner = _pruner_for(db, options)
+
+    async def prune() -> None:
+        with pruning:
+            assert pruner is not None
+            await pruner.run()
+
+    def stop_services() -> None:
+        scheduling.cancel()
+        pruning.cancel()
+
     async with trio.open_nursery() as services:
         if options.scheduler:
             services.start_soon(schedule)
+        if pruner is not None:
+            services.start_soon(prune)
         async with trio.open_nursery() as nursery:
             for worker in workers:
                 await nursery.start(worker.run)
@@ -89,8 +106,23 @@ async def run_workers(
                     log.info(
                         "schedules: %s", ", ".join(f"{name} ({how})" for name, how in sorted(report.backends.items()))
                     )
-            task_status.started(WorkerGroup(workers, on_stop=scheduling.cancel, schedules=report))
-        scheduling.cancel()  # every worker has stopped (stop(), or deprecated by the database)
+            task_status.started(WorkerGroup(workers, on_stop=stop_services, schedules=report, pruner=pruner))
+        stop_services()  # every worker has stopped (stop(), or deprecated by the database)
+
+
+def _pruner_for(db: Database, options: WorkerOptions) -> Pruner | None:
+    """The pruner `options` ask for (`prune_older_than` set), else None."""
+    from pgflow_trio._runtime._pruner import Pruner
+
+    if options.prune_older_than is None:
+        return None
+    return Pruner(
+        db,
+        older_than=options.prune_older_than,
+        status=options.prune_status,
+        interval=options.prune_interval,
+        batch_size=options.prune_batch_size,
+    )
 
 
 async def serve(

@@ -6,6 +6,7 @@ names the option and what it accepts. Each field's `metadata["help"]` is its one
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Callable
 from typing import Any, Literal, get_args
 
@@ -13,6 +14,8 @@ import attrs
 from attrs import validators as v
 
 from pgflow_trio._exceptions import ConfigurationError
+from pgflow_trio._models import PruneStatus
+from pgflow_trio._runtime._pruner import seconds_of
 
 Signal = Literal["poll", "notify"]
 CronBackend = Literal["auto", "builtin", "pg_cron"]
@@ -62,6 +65,15 @@ def one_of(owner: str, choices: Any) -> Validator:
 _count = integer("worker")
 _seconds = positive("worker")
 _flag = boolean("worker")
+
+
+def _optional_duration(value: float | datetime.timedelta | str | None) -> float | None:
+    """A pruner duration in seconds: a number, a timedelta or a string such as '7d' (None stays None)."""
+    return None if value is None else seconds_of(value, what="worker option prune_older_than")
+
+
+def _duration(value: float | datetime.timedelta | str) -> float:
+    return seconds_of(value, what="worker option prune_interval")
 
 
 def _help(text: str) -> dict[str, str]:
@@ -136,6 +148,26 @@ class WorkerOptions:
     """Run the built-in cron scheduler in this process (one process leads; the others stand by)."""
     scheduler_grace: float = attrs.field(default=60.0, validator=_seconds, metadata=_help("seconds a tick may be late"))
     """Missed ticks younger than this always fire (e.g. across a leader change); older ones follow catch_up."""
+
+    prune_older_than: float | None = attrs.field(
+        default=None,
+        converter=_optional_duration,
+        metadata=_help("run the pruner: delete runs that finished longer ago than this (e.g. 7d)"),
+    )
+    """Run the pruner in this process (one process leads): delete runs that finished longer ago than this, with
+    their step states, tasks and messages. Seconds, a timedelta or a duration such as '7d'; None (default): off."""
+    prune_status: PruneStatus = attrs.field(
+        default="all", validator=one_of("worker", PruneStatus), metadata=_help("which finished runs the pruner deletes")
+    )
+    prune_interval: float = attrs.field(
+        default=600.0,
+        converter=_duration,
+        validator=_seconds,
+        metadata=_help("seconds (or 30m, 1h) between two pruner passes"),
+    )
+    prune_batch_size: int = attrs.field(
+        default=500, validator=integer("worker", 1, 100_000), metadata=_help("runs the pruner deletes per transaction")
+    )
 
     def __attrs_post_init__(self) -> None:
         if self.poll_min > self.poll_max:
