@@ -200,6 +200,7 @@ async def test_cancelling_a_run_with_queued_tasks(dsn: str) -> None:
             assert [r.run_id for r in cancelled.runs] == [handle.run_id]
             assert (await engine.list_runs(status="failed")).runs == ()
             assert (await engine.list_runs()).runs[0].state == "cancelled"
+            assert {"cancelled": 1} in [f.runs for f in await engine.list_flows()]
     shown = cli("runs", "show", str(handle.run_id), "--dsn", dsn)
     assert shown.returncode == 0, shown.stderr
     assert "status cancelled" in shown.stdout

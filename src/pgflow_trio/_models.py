@@ -96,7 +96,8 @@ class QueuePause:
 
 @attrs.frozen
 class FlowInfo:
-    """A flow in the database: its options, steps, how many runs it has by status, and whether its queue is paused."""
+    """A flow in the database: its options, steps, how many runs it has by state (started, completed, failed,
+    cancelled), and whether its queue is paused."""
 
     slug: str
     max_attempts: int

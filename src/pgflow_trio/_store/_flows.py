@@ -59,13 +59,17 @@ async def flow_exists(con: RawConnection, *, slug: str) -> bool:
 
 
 async def list_flows(con: RawConnection) -> list[FlowInfo]:
-    """Every flow with its options, steps, run counts by status, and its queue's pause if it is paused."""
+    """Every flow with its options, steps, run counts by state (cancelled runs apart from failed ones), and its
+    queue's pause if it is paused."""
     rows = await con.fetch(
         """SELECT f.flow_slug, f.opt_max_attempts, f.opt_base_delay, f.opt_timeout, f.created_at,
                   coalesce((SELECT array_agg(s.step_slug ORDER BY s.step_index) FROM pgflow.steps s
                             WHERE s.flow_slug = f.flow_slug), '{}') AS steps,
-                  coalesce((SELECT jsonb_object_agg(status, n) FROM (SELECT status, count(*) AS n FROM pgflow.runs r
-                            WHERE r.flow_slug = f.flow_slug GROUP BY status) c), '{}')::text AS runs,
+                  coalesce((SELECT jsonb_object_agg(state, n) FROM (
+                                SELECT CASE WHEN c.run_id IS NULL THEN r.status ELSE 'cancelled' END AS state,
+                                       count(*) AS n
+                                FROM pgflow.runs r LEFT JOIN pgflow_trio.run_cancellations c USING (run_id)
+                                WHERE r.flow_slug = f.flow_slug GROUP BY 1) c), '{}')::text AS runs,
                   p.paused_at, p.reason AS pause_reason
            FROM pgflow.flows f LEFT JOIN pgflow_trio.queue_pauses p ON p.queue = f.flow_slug
            ORDER BY f.flow_slug"""
