@@ -218,6 +218,7 @@ async def test_cancelling_a_run_that_is_not_started_is_refused_clearly(dsn: str)
             with pytest.raises(RunNotActive, match=r"cannot cancel run .* of ctl_pair: it is already completed") as e:
                 await engine.cancel_run(done.run_id)
             assert e.value.state == "completed" and e.value.run_id == done.run_id
+            assert e.value.sqlstate == getattr(e.value.__cause__, "sqlstate", None) == "PF002"
             assert "rerun" in str(e.value)
             broken.add(2)
             failed = await engine.start(Pair, 2)
@@ -371,6 +372,7 @@ async def test_retry_is_refused_after_the_flow_changed(dsn: str) -> None:
             with pytest.raises(FlowChanged, match=r"step audit was added to the flow after the run started") as e:
                 await engine.retry_run(handle.run_id)
             assert "rerun" in str(e.value) and e.value.run_id == handle.run_id
+            assert e.value.sqlstate == getattr(e.value.__cause__, "sqlstate", None) == "PF003"
             run = await engine.get_run(handle.run_id)
             assert run.state == "failed"  # nothing changed
             outcome = await engine.retry_runs(flow=Pair)

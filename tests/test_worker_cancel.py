@@ -5,6 +5,7 @@ failure of its task: nothing is reported against its attempts."""
 from __future__ import annotations
 
 import functools
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -57,6 +58,30 @@ class Once(Flow[str, int], slug="cancel_once", max_attempts=1, timeout=60):
             Once.seen.add(input)
             return await _wait_forever(input)
         return 7
+
+
+class Reclaimed(Flow[str, int], slug="cancel_reclaimed", max_attempts=3, timeout=60):
+    """The first attempt for an input does not stop at once when cancelled (blocking work in a thread, or a
+    cleanup that takes a moment); later attempts return 2 after a short while."""
+
+    seen: ClassVar[set[str]] = set()
+
+    @step
+    async def work(self, input: str) -> int:
+        if input in Reclaimed.seen:
+            await trio.sleep(0.3)
+            return 2
+        Reclaimed.seen.add(input)
+        started[input].set()
+        if input == "thread":
+            await trio.to_thread.run_sync(time.sleep, 1.0)  # a thread cannot be cancelled: it returns 1
+            return 1
+        try:
+            await trio.sleep_forever()
+        except trio.Cancelled:
+            with trio.CancelScope(shield=True):
+                await trio.sleep(1.0)
+            raise
 
 
 class Sibling(Flow[str, dict[str, Any]], slug="cancel_sibling", max_attempts=1, timeout=60):
@@ -179,3 +204,25 @@ async def _eventually_row(db: Database, sql: str, *args: object) -> dict[str, ob
 
 async def _true(value: bool) -> bool:
     return value
+
+
+@pytest.mark.parametrize("kind", ["thread", "cleanup"])
+async def test_a_retried_task_claimed_again_while_its_cancelled_attempt_unwinds(dsn: str, kind: str) -> None:
+    """Cancel, then retry at once: the same worker claims the retried task (a new message) while the earlier
+    attempt is still unwinding. The earlier attempt reports nothing that could touch the new one (not even the
+    output a thread returned after the cancellation), and the new attempt completes the run."""
+    _events(kind)
+    with trio.fail_after(30):
+        async with serving(dsn, Reclaimed, FAST) as (db, group), open_engine(dsn) as engine:
+            handle = await engine.start(Reclaimed, kind)
+            await started[kind].wait()
+            await engine.cancel_run(handle.run_id)
+            await engine.retry_run(handle.run_id)
+            assert await handle.result() == 2
+            worker = group.workers[0]
+            await eventually(lambda: _true(worker.running == 0))
+            assert (worker.stats.cancelled, worker.stats.completed) == (1, 1)
+            task = await db.fetchrow(
+                "SELECT status, attempts_count FROM pgflow.step_tasks WHERE run_id = $1", handle.run_id
+            )
+            assert task is not None and (task["status"], task["attempts_count"]) == ("completed", 1)

@@ -117,6 +117,9 @@ class RunNotActive(PgflowError):
     """The run cannot be cancelled: it is not started any more (`state` says what it is: completed, failed or
     cancelled). Retry a failed or cancelled run, or rerun a finished one."""
 
+    sqlstate = "PF002"
+    """The SQLSTATE pgflow_trio's SQL function raised it with (callers of the SQL function see this code)."""
+
     def __init__(self, message: str, *, run_id: uuid.UUID, state: str) -> None:
         super().__init__(message)
         self.run_id = run_id
@@ -127,6 +130,9 @@ class RunNotRetryable(PgflowError):
     """The run cannot be retried in place: only failed or cancelled runs can (`state` says what it is). Cancel a
     started run first, or rerun a completed one."""
 
+    sqlstate = "PF002"
+    """The SQLSTATE pgflow_trio's SQL function raised it with (callers of the SQL function see this code)."""
+
     def __init__(self, message: str, *, run_id: uuid.UUID, state: str) -> None:
         super().__init__(message)
         self.run_id = run_id
@@ -136,6 +142,9 @@ class RunNotRetryable(PgflowError):
 class FlowChanged(PgflowError):
     """The run's flow changed shape since the run started (a step added, dependencies or step types that no longer
     match the run's state), so it cannot be retried in place; `differences` lists them. Rerun it instead."""
+
+    sqlstate = "PF003"
+    """The SQLSTATE pgflow_trio's SQL function raised it with (callers of the SQL function see this code)."""
 
     def __init__(self, message: str, *, run_id: uuid.UUID, differences: str) -> None:
         super().__init__(message)

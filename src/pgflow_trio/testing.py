@@ -253,7 +253,7 @@ async def _failed(
     if permanent:
         await db.run(functools.partial(fail_permanently, worker_id=queue.worker_id, task=task, payload=error))
     else:
-        await db.run(functools.partial(fail, task=task, payload=error))
+        await db.run(functools.partial(fail, worker_id=queue.worker_id, task=task, payload=error))
     return _executed(task, flow, "failed", error=error)
 
 

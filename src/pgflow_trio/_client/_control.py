@@ -9,6 +9,8 @@ import uuid
 
 from pgflow_trio._exceptions import (
     ConfigurationError,
+    ConnectionLost,
+    DatabaseError,
     FlowChanged,
     FlowNotFound,
     RunNotActive,
@@ -62,7 +64,8 @@ async def cancel_runs(
     dry_run: bool,
 ) -> BulkOutcome:
     """Cancel every started run of the flow (started before `started_before`), one transaction per run. A run that
-    finished in the meantime is skipped, with the reason."""
+    finished in the meantime, or whose cancel the database refused, is skipped with the reason; a lost connection
+    stops the loop."""
     before = _aware("started_before", started_before)
     text, who = _optional_text("reason", reason), _optional_text("by", by)
     await _require_flow(db, flow_slug)
@@ -74,7 +77,9 @@ async def cancel_runs(
     for run_id in ids:
         try:
             await db.run(functools.partial(sql.cancel_run, run_id=run_id, reason=text, by=who))
-        except (RunNotActive, RunNotFound) as exc:
+        except ConnectionLost:
+            raise
+        except (RunNotActive, RunNotFound, DatabaseError) as exc:
             skipped.append((run_id, str(exc)))
         else:
             done.append(run_id)
@@ -105,7 +110,9 @@ async def retry_runs(
     for run_id in ids:
         try:
             await db.run(functools.partial(sql.retry_run, run_id=run_id))
-        except (RunNotRetryable, RunNotFound, FlowChanged) as exc:
+        except ConnectionLost:
+            raise
+        except (RunNotRetryable, RunNotFound, FlowChanged, DatabaseError) as exc:
             skipped.append((run_id, str(exc)))
         else:
             done.append(run_id)

@@ -150,7 +150,7 @@ class Worker:
         self.worker_id = uuid.uuid4()
         self.function_name = f"pgflow_trio:{self.flow.slug}"
         self.stats = WorkerStats()
-        self._running: dict[tuple[uuid.UUID, str, int], _Running] = {}
+        self._running: dict[int, _Running] = {}  # by the claimed message: a retried task gets a new one
         self._capacity_changed = trio.Event()
         self._wake = trio.Event()
         self._idle = trio.Event()
@@ -357,13 +357,12 @@ class Worker:
         """Run a claimed task. Its message stays invisible for `read_visibility` from the read (pgflow 0.8.1's
         start_tasks means to set it to the timeout + 2 s, but that statement of it never runs); the extend loop
         keeps it invisible for as long as the task runs."""
-        key = (task.run_id, task.step_slug, task.task_index)
         running = _Running(task, read_at + self.options.read_visibility)
-        self._running[key] = running
+        self._running[task.msg_id] = running
         self.stats.started += 1
-        tasks.start_soon(self._execute, key, running)
+        tasks.start_soon(self._execute, running)
 
-    async def _execute(self, key: tuple[uuid.UUID, str, int], running: _Running) -> None:
+    async def _execute(self, running: _Running) -> None:
         task = running.task
         timeout = self._timeouts.get(task.step_slug, 60)
         ctx = self.served.context(task, self.worker_id)
@@ -371,7 +370,7 @@ class Worker:
             try:
                 with running.scope, trio.move_on_after(timeout) as deadline:
                     output_json = await self.served.invoke(task, ctx)
-                if running.scope.cancelled_caught:
+                if running.scope.cancel_called:  # its run ended under it: even an output it returned is stale
                     await self._abandon(task)
                     return
             except TaskInputError as bad:
@@ -420,7 +419,7 @@ class Worker:
                 await self._release(task)
             raise
         finally:
-            del self._running[key]
+            del self._running[task.msg_id]
             self._capacity_update()
 
     async def _abandon(self, task: ClaimedTask) -> None:
@@ -462,7 +461,7 @@ class Worker:
                 if kind == "complete":
                     await self._completer.complete(task, payload)
                 elif kind == "fail":
-                    await self.db.run(functools.partial(fail, task=task, payload=payload))
+                    await self.db.run(functools.partial(fail, worker_id=self.worker_id, task=task, payload=payload))
                 else:
                     await self.db.run(
                         functools.partial(fail_permanently, worker_id=self.worker_id, task=task, payload=payload)

@@ -3,11 +3,13 @@ bulk forms. Each function runs inside asyncio on one connection; each operation 
 
 from __future__ import annotations
 
+import asyncio
 import datetime
+import random
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from typing import Literal
+from typing import Literal, TypeVar
 
 import asyncpg
 
@@ -45,11 +47,33 @@ def _typed_errors(run_id: uuid.UUID, operation: Literal["cancel", "retry", "reru
         raise
 
 
+T = TypeVar("T")
+
+_CONFLICT_ATTEMPTS = 5
+
+
+async def _through_conflicts(statement: Callable[[], Awaitable[T]]) -> T:
+    """Run a one-transaction statement again (up to 5 times) when PostgreSQL aborted it to break a deadlock. Cancel
+    and retry lock run, step states, tasks, as pgflow's complete_task does; pgflow's fail_task (a TypeScript
+    worker's report) takes them the other way round, so the two can deadlock, and either side may be the one
+    aborted. Nothing of an aborted attempt remains."""
+    for attempt in range(1, _CONFLICT_ATTEMPTS + 1):
+        try:
+            return await statement()
+        except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
+            if attempt == _CONFLICT_ATTEMPTS:
+                raise
+            await asyncio.sleep(random.uniform(0.01, 0.05) * attempt)
+    raise AssertionError("unreachable")
+
+
 async def cancel_run(con: RawConnection, *, run_id: uuid.UUID, reason: str | None, by: str | None) -> Cancellation:
     """Cancel one started run (pgflow_trio.cancel_run: one transaction)."""
     with _typed_errors(run_id, "cancel"):
-        row = await con.fetchrow(
-            "SELECT reason, cancelled_by, cancelled_at FROM pgflow_trio.cancel_run($1, $2, $3)", run_id, reason, by
+        row = await _through_conflicts(
+            lambda: con.fetchrow(
+                "SELECT reason, cancelled_by, cancelled_at FROM pgflow_trio.cancel_run($1, $2, $3)", run_id, reason, by
+            )
         )
     assert row is not None
     return Cancellation(run_id=run_id, reason=row["reason"], by=row["cancelled_by"], at=row["cancelled_at"])
@@ -58,7 +82,7 @@ async def cancel_run(con: RawConnection, *, run_id: uuid.UUID, reason: str | Non
 async def retry_run(con: RawConnection, *, run_id: uuid.UUID) -> int:
     """Retry one failed or cancelled run in place (pgflow_trio.retry_run: one transaction); the tasks requeued."""
     with _typed_errors(run_id, "retry"):
-        requeued: int = await con.fetchval("SELECT pgflow_trio.retry_run($1)", run_id)
+        requeued: int = await _through_conflicts(lambda: con.fetchval("SELECT pgflow_trio.retry_run($1)", run_id))
     return requeued
 
 

@@ -154,30 +154,43 @@ async def make_queued_visible(con: RawConnection, *, queue: str) -> None:
     )
 
 
-async def fail(con: RawConnection, *, task: ClaimedTask, payload: str) -> None:
-    """pgflow.fail_task with the error message; pgflow decides between retry (with backoff) and failure."""
-    await con.execute("SELECT pgflow.fail_task($1, $2, $3, $4)", task.run_id, task.step_slug, task.task_index, payload)
+async def fail(con: RawConnection, *, worker_id: uuid.UUID, task: ClaimedTask, payload: str) -> bool:
+    """pgflow.fail_task with the error message (pgflow decides between retry with backoff and failure), only while
+    the task is still started by `worker_id` under the message it claimed: an attempt from before a retry cannot
+    fail the retried task. Locks run, step state, task in that order. Whether the task was failed."""
+    return await _fail_claimed(con, worker_id, task, payload, permanent=False)
 
 
-async def fail_permanently(con: RawConnection, *, worker_id: uuid.UUID, task: ClaimedTask, payload: str) -> None:
+async def fail_permanently(con: RawConnection, *, worker_id: uuid.UUID, task: ClaimedTask, payload: str) -> bool:
     """Fail the task without retrying it (its remaining attempts could not succeed); pgflow fails step and run.
-    Nothing happens unless the task is still started by `worker_id`."""
-    await con.execute(
-        "SELECT pgflow_trio.fail_task_permanently($1, $2, $3, $4, $5)",
+    Fenced like `fail`."""
+    return await _fail_claimed(con, worker_id, task, payload, permanent=True)
+
+
+async def _fail_claimed(
+    con: RawConnection, worker_id: uuid.UUID, task: ClaimedTask, payload: str, *, permanent: bool
+) -> bool:
+    failed: bool = await con.fetchval(
+        "SELECT pgflow_trio.fail_claimed_task($1, $2, $3, $4, $5, $6, $7)",
         task.run_id,
         task.step_slug,
         task.task_index,
         worker_id,
+        task.msg_id,
         payload,
+        permanent,
     )
+    return failed
 
 
 async def release(con: RawConnection, *, worker_id: uuid.UUID, tasks: list[ClaimedTask]) -> int:
+    """Hand tasks back without using an attempt, only those still started by `worker_id` under the claimed message."""
     released: int = await con.fetchval(
-        "SELECT pgflow_trio.release_tasks($1, $2::uuid[], $3::text[], $4::int[])",
+        "SELECT pgflow_trio.release_claimed_tasks($1, $2::uuid[], $3::text[], $4::int[], $5::bigint[])",
         worker_id,
         [t.run_id for t in tasks],
         [t.step_slug for t in tasks],
         [t.task_index for t in tasks],
+        [t.msg_id for t in tasks],
     )
     return released

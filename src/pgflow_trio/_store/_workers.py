@@ -114,14 +114,22 @@ async def extend_visibility(con: RawConnection, *, queue: str, msg_ids: list[int
 async def recover_stalled_tasks(
     con: RawConnection, *, stale_after: float, timeout_grace: float, limit: int = 100
 ) -> list[RecoveredTask]:
-    """Fail (through pgflow's retry policy) tasks left `started` by silent workers or past timeout + grace."""
+    """Fail (through pgflow's retry policy) tasks left `started` by silent workers or past timeout + grace; and give
+    a new message to a queued task of a recently retried run whose message a late report from before the retry
+    archived (`pgflow_trio.requeue_stranded_tasks`)."""
     rows = await con.fetch(
         "SELECT run_id, step_slug, task_index, reason FROM pgflow_trio.recover_stalled_tasks($1, $2, $3)",
         stale_after,
         timeout_grace,
         limit,
     )
-    return [RecoveredTask(r["run_id"], r["step_slug"], r["task_index"], r["reason"]) for r in rows]
+    stranded = await con.fetch("SELECT run_id, step_slug, task_index FROM pgflow_trio.requeue_stranded_tasks()")
+    return [RecoveredTask(r["run_id"], r["step_slug"], r["task_index"], r["reason"]) for r in rows] + [
+        RecoveredTask(r["run_id"], r["step_slug"], r["task_index"], _STRANDED) for r in stranded
+    ]
+
+
+_STRANDED = "its queue message was archived by a late report from before the run's retry; sent a new one"
 
 
 async def live_workers(con: RawConnection, *, queue: str, stale_after: float) -> int:
