@@ -84,7 +84,7 @@ SET search_path = ''
 AS $body$
 DECLARE
   v_flow_slug text;
-  v_now timestamptz := clock_timestamp();  -- not now(): this transaction may predate rows it waited for
+  v_now timestamptz;
   v_error text;
   v_row pgflow_trio.run_cancellations;
   v_step record;
@@ -96,6 +96,11 @@ BEGIN
   v_error := 'Cancelled' || coalesce(' by ' || p_by, '') || coalesce(': ' || p_reason, '');
   -- pgflow's lock order: run, then step states, then tasks.
   PERFORM 1 FROM pgflow.step_states WHERE run_id = p_run_id ORDER BY step_slug FOR UPDATE;
+  PERFORM 1 FROM pgflow.step_tasks WHERE run_id = p_run_id AND status IN ('queued', 'started')
+  ORDER BY step_slug, task_index FOR UPDATE;
+  -- The cancellation's time, taken once every task is locked (not now(): this transaction may predate rows it
+  -- waited for): a task started before it, by a start that committed first; none can start after.
+  v_now := clock_timestamp();
 
   UPDATE pgflow.runs SET status = 'failed', failed_at = greatest(v_now, started_at) WHERE run_id = p_run_id;
 
