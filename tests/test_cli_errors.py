@@ -223,6 +223,7 @@ NOT_SETTINGS = {
         "register_flow": "the worker command always registers its flows",
         "sync_schedules": "the worker command always syncs its schedules (cron sync does it by hand)",
         "scheduler": "--no-scheduler",
+        "log_tracebacks": "--log-tracebacks",
     },
     "EngineOptions": {
         "pool_size": "each command opens a small pool of its own",

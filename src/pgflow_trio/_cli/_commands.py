@@ -296,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_database_options(worker)
     add_settings(worker, WorkerOptions, WORKER_SETTINGS)
     worker.add_argument("--no-scheduler", action="store_true", help=f"do not {help_of(WorkerOptions, 'scheduler')}")
+    worker.add_argument("--log-tracebacks", action="store_true", help=help_of(WorkerOptions, "log_tracebacks"))
     worker.add_argument("--cron-dsn", help="the database where pg_cron is installed (default: --dsn)")
 
     start = commands.add_parser("start", help="start a run; print its id, or its output with --wait")
@@ -471,7 +472,7 @@ async def _cron_database(args: argparse.Namespace) -> AsyncIterator[Database | N
 async def _worker(args: argparse.Namespace) -> int:
     settings = settings_from(args, WorkerOptions, WORKER_SETTINGS)
     _check_pruner_settings(settings)
-    options = WorkerOptions(**settings, scheduler=not args.no_scheduler)
+    options = WorkerOptions(**settings, scheduler=not args.no_scheduler, log_tracebacks=args.log_tracebacks)
     connect_timeout = _connect_timeout(args)
     # serve() checks each target at run time and names what is wrong with it.
     targets = [typing.cast(ServeTarget, load_object(target)) for target in args.targets]

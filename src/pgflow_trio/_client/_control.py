@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import datetime
 import functools
+import logging
+import time
 import uuid
 
 from pgflow_trio._exceptions import (
@@ -18,8 +20,13 @@ from pgflow_trio._exceptions import (
     RunNotRetryable,
 )
 from pgflow_trio._models import BulkOutcome, Cancellation
+from pgflow_trio._observe._events import RunCancel, RunStart, emit, wanted
+from pgflow_trio._observe._logging import run_fields
 from pgflow_trio._store import Database
 from pgflow_trio._store import _control as sql
+from pgflow_trio._store._lifecycle import run_origins
+
+log = logging.getLogger("pgflow_trio.engine")
 
 RETRYABLE_STATES = ("failed", "cancelled")
 
@@ -41,12 +48,45 @@ def _aware(name: str, value: object) -> datetime.datetime | None:
     return value
 
 
+def run_started(run_id: uuid.UUID, flow_slug: str) -> None:
+    """run.started for a run this process's engine stored (started, enqueued or rerun)."""
+    log.debug("started run %s of %s", run_id, flow_slug, extra=run_fields(run_id, flow_slug))
+    if wanted(RunStart):
+        emit(RunStart(at=time.time(), run_id=run_id, flow_slug=flow_slug))
+
+
+async def _cancelled(db: Database, cancellations: list[Cancellation], flow_slug: str | None = None) -> None:
+    """Log each cancellation, and emit run.cancelled for it (reading the runs' flows and start times, only when
+    someone listens)."""
+    origins = {}
+    if wanted(RunCancel) and cancellations:
+        origins = await db.run(functools.partial(run_origins, run_ids=[c.run_id for c in cancellations]))
+    for c in cancellations:
+        origin = origins.get(c.run_id)
+        slug = origin.flow_slug if origin is not None else flow_slug
+        log.info("cancelled run %s (reason: %s, by: %s)", c.run_id, c.reason, c.by, extra=run_fields(c.run_id, slug))
+        if wanted(RunCancel):
+            duration = (c.at - origin.started_at).total_seconds() if origin is not None else 0.0
+            emit(
+                RunCancel(
+                    at=time.time(),
+                    run_id=c.run_id,
+                    flow_slug=slug or "",
+                    duration=max(0.0, duration),
+                    reason=c.reason,
+                    by=c.by,
+                )
+            )
+
+
 async def cancel_run(db: Database, run_id: uuid.UUID, *, reason: object, by: object) -> Cancellation:
-    return await db.run(
+    cancellation: Cancellation = await db.run(
         functools.partial(
             sql.cancel_run, run_id=run_id, reason=_optional_text("reason", reason), by=_optional_text("by", by)
         )
     )
+    await _cancelled(db, [cancellation])
+    return cancellation
 
 
 async def _require_flow(db: Database, slug: str) -> None:
@@ -76,13 +116,14 @@ async def cancel_runs(
     skipped: list[tuple[uuid.UUID, str]] = []
     for run_id in ids:
         try:
-            await db.run(functools.partial(sql.cancel_run, run_id=run_id, reason=text, by=who))
+            cancellation = await db.run(functools.partial(sql.cancel_run, run_id=run_id, reason=text, by=who))
         except ConnectionLost:
             raise
         except (RunNotActive, RunNotFound, DatabaseError) as exc:
             skipped.append((run_id, str(exc)))
         else:
             done.append(run_id)
+            await _cancelled(db, [cancellation], flow_slug)
     return BulkOutcome(tuple(done), tuple(skipped))
 
 
@@ -120,4 +161,6 @@ async def retry_runs(
 
 
 async def rerun(db: Database, run_id: uuid.UUID) -> tuple[uuid.UUID, str]:
-    return await db.run(functools.partial(sql.rerun, run_id=run_id))
+    new_id, slug = await db.run(functools.partial(sql.rerun, run_id=run_id))
+    run_started(new_id, slug)
+    return new_id, slug

@@ -243,6 +243,10 @@ class _Starter:
     async def _run_sql(self, fn: Any) -> Any:
         raise NotImplementedError
 
+    def _started(self, run_id: uuid.UUID, slug: str) -> None:
+        """A run was stored: run.started (a transaction's runs once it commits)."""
+        control.run_started(run_id, slug)
+
     @overload
     async def start(
         self, flow: type[Definition[In, Out]] | Definition[In, Out], input: In, *, run_id: uuid.UUID | str | None = None
@@ -276,6 +280,8 @@ class _Starter:
         rid, existed = await self._run_sql(
             functools.partial(start_run, slug=slug, input_json=input_json, run_id=_as_uuid(run_id), at=at, delay=delay)
         )
+        if not existed:
+            self._started(rid, slug)
         typed = definition if definition is not None and definition.typed else None
         return RunHandle(self.engine, rid, slug, typed, existed)
 
@@ -356,9 +362,13 @@ class EngineTransaction(_Starter):
     def __init__(self, engine: Engine, connection: Connection) -> None:
         self.engine = engine
         self.connection = connection
+        self._stored: list[tuple[uuid.UUID, str]] = []  # runs started in it: run.started once it commits
 
     async def _run_sql(self, fn: Any) -> Any:
         return await self.connection.run(fn)
+
+    def _started(self, run_id: uuid.UUID, slug: str) -> None:
+        self._stored.append((run_id, slug))
 
     async def execute(self, sql: str, *args: object) -> str:
         return await self.connection.execute(sql, *args)
@@ -392,7 +402,10 @@ class Engine(_Starter):
     async def transaction(self) -> AsyncIterator[EngineTransaction]:
         """`async with engine.transaction() as tx:` then `tx.start(...)`, `tx.execute(...)`: one transaction."""
         async with self.db.transaction(user_sql=True) as connection:
-            yield EngineTransaction(self, connection)
+            tx = EngineTransaction(self, connection)
+            yield tx
+        for run_id, slug in tx._stored:
+            control.run_started(run_id, slug)
 
     # ---- runs ----------------------------------------------------------------------------------------------
     async def _get_run(self, run_id: uuid.UUID | str, *, with_states: bool) -> Run:

@@ -6,13 +6,18 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import attrs
 import trio
 
 from pgflow_trio._exceptions import ConnectionLost, DatabaseError, PgflowError
+from pgflow_trio._observe._events import RunComplete, RunFail, emit, wanted
 from pgflow_trio._store import Database
-from pgflow_trio._store._worker_queries import ClaimedTask, complete, complete_many
+from pgflow_trio._store._lifecycle import EndedRun
+from pgflow_trio._store._worker_queries import ClaimedTask, complete_many
 
 log = logging.getLogger("pgflow_trio.worker")
 
@@ -27,11 +32,32 @@ class _Pending:
     error: PgflowError | None = None
 
 
+def emit_ended(ended: Iterable[EndedRun]) -> None:
+    """run.completed / run.failed for runs a report of this process ended (each is ended by exactly one
+    transaction, so each is emitted once)."""
+    for run in ended:
+        if run.status == "completed":
+            if wanted(RunComplete):
+                emit(RunComplete(at=time.time(), run_id=run.run_id, flow_slug=run.flow_slug, duration=run.duration))
+        elif wanted(RunFail):
+            emit(
+                RunFail(
+                    at=time.time(),
+                    run_id=run.run_id,
+                    flow_slug=run.flow_slug,
+                    duration=run.duration,
+                    step_slug=run.step_slug,
+                    error=run.error,
+                )
+            )
+
+
 class Completer:
     """Run `run()` in a service nursery; `await complete(task, output_json)` returns once it is committed."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, fields: Mapping[str, Any] | None = None) -> None:
         self._db = db
+        self._fields = dict(fields or {})
         self._pending: list[_Pending] = []
         self._wakeup = trio.Event()
 
@@ -52,13 +78,16 @@ class Completer:
                 await self._flush(batch)
 
     async def _flush(self, batch: list[_Pending]) -> None:
+        check = wanted(RunComplete) or wanted(RunFail)
         try:
-            if len(batch) == 1:
-                await self._db.run(functools.partial(complete, task=batch[0].task, payload=batch[0].payload))
-            else:
-                await self._db.run(
-                    functools.partial(complete_many, tasks=[p.task for p in batch], payloads=[p.payload for p in batch])
+            ended = await self._db.run(
+                functools.partial(
+                    complete_many,
+                    tasks=[p.task for p in batch],
+                    payloads=[p.payload for p in batch],
+                    check_ended=check,
                 )
+            )
         except ConnectionLost as exc:
             for item in batch:
                 item.error = exc
@@ -66,9 +95,16 @@ class Completer:
             if len(batch) == 1:
                 batch[0].error = exc
             else:
-                log.warning("completing %d tasks together failed (%s); completing them one by one", len(batch), exc)
+                log.warning(
+                    "completing %d tasks together failed (%s); completing them one by one",
+                    len(batch),
+                    exc,
+                    extra=self._fields,
+                )
                 for item in batch:
                     await self._flush([item])
                 return
+        else:
+            emit_ended(ended)
         for item in batch:
             item.done.set()

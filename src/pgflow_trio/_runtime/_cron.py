@@ -18,6 +18,7 @@ import datetime
 import functools
 import logging
 import re
+import time
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -27,9 +28,11 @@ import trio
 from pgflow_trio._definitions._model import FlowDef
 from pgflow_trio._definitions._schedule import ScheduleDef, latest_tick, next_ticks, ticks_between
 from pgflow_trio._exceptions import DatabaseError, PgflowError, ScheduleNotFound
+from pgflow_trio._observe._events import ScheduleFire, ScheduleMiss, emit, wanted
 from pgflow_trio._runtime._options import CronBackend
 from pgflow_trio._store import Database
 from pgflow_trio._store import _schedules as store
+from pgflow_trio._store._lifecycle import run_origins, ticks_served
 from pgflow_trio._store._schedules import StoredSchedule
 
 log = logging.getLogger("pgflow_trio.cron")
@@ -120,7 +123,7 @@ async def sync_schedules(
     for name, schedule in desired.items():
         backends[name], warning = backend_for(schedule, backend, installed)
         if warning is not None:
-            log.warning("%s", warning)
+            log.warning("%s", warning, extra={"schedule": name, "flow_slug": schedule.flow_slug})
             warnings.append(warning)
     changes = await db.run(
         functools.partial(
@@ -199,7 +202,7 @@ async def pause_schedule(db: Database, name: str, *, cron_db: Database | None = 
         raise _not_found(name, await db.run(store.schedule_names))
     if pause.backend == "pg_cron":
         await _set_pg_cron_job_active(db, cron_db or db, name, active=False)
-    log.info("schedule %s paused", name)
+    log.info("schedule %s paused", name, extra={"schedule": name})
     return pause.paused_at
 
 
@@ -224,7 +227,12 @@ async def resume_schedule(db: Database, name: str, *, cron_db: Database | None =
     if resumed.backend == "pg_cron":
         await _set_pg_cron_job_active(db, cron_db or db, name, active=True)
     if resumed.was_paused:
-        log.info("schedule %s resumed; its missed ticks are settled up to %s", name, resumed.settled_to)
+        log.info(
+            "schedule %s resumed; its missed ticks are settled up to %s",
+            name,
+            resumed.settled_to,
+            extra={"schedule": name},
+        )
     return resumed.was_paused
 
 
@@ -244,6 +252,7 @@ async def _set_pg_cron_job_active(db: Database, cron_db: Database, name: str, *,
             name,
             "" if active else "de",
             exc,
+            extra={"schedule": name},
         )
 
 
@@ -316,18 +325,95 @@ async def fire_due(db: Database, *, grace: float, head_start: float = PG_CRON_HE
             recorded=due.recorded,
             first=due.window_from if on_pg_cron else None,
         )
+        fields = _schedule_fields(schedule)
         if plan.skip_to is not None:
-            log.warning("schedule %s skipped the ticks missed up to %s (catch_up=skip)", schedule.name, plan.skip_to)
+            log.warning(
+                "schedule %s skipped the ticks missed up to %s (catch_up=skip)",
+                schedule.name,
+                plan.skip_to,
+                extra=fields,
+            )
             await db.run(functools.partial(store.skip_ticks, name=schedule.name, until=plan.skip_to))
+        if wanted(ScheduleMiss) and (plan.skip_to is not None or plan.catch_up is not None):
+            await _emit_missed(db, schedule, plan, since=due.since, recorded=due.recorded, grace=grace)
         for tick in ([plan.catch_up] if plan.catch_up is not None else []) + plan.due:
             run_id = await db.run(functools.partial(store.fire_schedule, name=schedule.name, tick=tick))
             if run_id is not None:
-                log.info("schedule %s fired tick %s: run %s", schedule.name, tick.isoformat(), run_id)
+                log.info(
+                    "schedule %s fired tick %s: run %s",
+                    schedule.name,
+                    tick.isoformat(),
+                    run_id,
+                    extra={**fields, "run_id": str(run_id), "tick": tick.isoformat()},
+                )
+                if wanted(ScheduleFire):
+                    await _emit_fired(db, schedule, tick, run_id)
         upcoming = next_ticks(schedule, now, 1)
         if upcoming:
             wait = (upcoming[0] - now).total_seconds() + (head_start if on_pg_cron else 0.0)
             soonest = wait if soonest is None else min(soonest, wait)
     return soonest
+
+
+_MISSED_LIMIT = 1000
+"""At most this many schedule.missed events per schedule and pass (the oldest ticks of a longer outage are left
+out)."""
+
+
+def _schedule_fields(schedule: ScheduleDef) -> dict[str, Any]:
+    """`extra` of the scheduler's records about one schedule (the event fields' names)."""
+    return {"schedule": schedule.name, "flow_slug": schedule.flow_slug}
+
+
+async def _emit_fired(db: Database, schedule: ScheduleDef, tick: datetime.datetime, run_id: Any) -> None:
+    """schedule.fired, its lateness from the run's start time as the database stamped it (one more statement,
+    only when someone listens)."""
+    origins = await db.run(functools.partial(run_origins, run_ids=[run_id]))
+    origin = origins.get(run_id)
+    started = origin.started_at if origin is not None else datetime.datetime.now(datetime.UTC)
+    emit(
+        ScheduleFire(
+            at=time.time(),
+            schedule=schedule.name,
+            flow_slug=schedule.flow_slug,
+            tick=tick,
+            run_id=run_id,
+            lateness=max(0.0, (started - tick).total_seconds()),
+        )
+    )
+
+
+async def _emit_missed(
+    db: Database,
+    schedule: ScheduleDef,
+    plan: Plan,
+    *,
+    since: datetime.datetime,
+    recorded: frozenset[datetime.datetime],
+    grace: float,
+) -> None:
+    """schedule.missed for each tick this pass gives up on: with catch_up='skip' every tick missed before the grace
+    window; with 'once' every such tick but the latest, which fires. The reason says whether no live worker
+    served the flow at the tick (from pgflow.workers' history), or the tick is merely older than the grace."""
+    if plan.skip_to is not None:
+        missed = ticks_between(schedule, since, plan.skip_to, limit=_MISSED_LIMIT)
+        policy = "catch_up=skip"
+    else:
+        assert plan.catch_up is not None
+        missed = [t for t in ticks_between(schedule, since, plan.catch_up, limit=_MISSED_LIMIT) if t < plan.catch_up]
+        policy = "catch_up=once: only the latest missed tick fires"
+    missed = [t for t in missed if t not in recorded]
+    if not missed:
+        return
+    served = await db.run(functools.partial(ticks_served, flow_slug=schedule.flow_slug, ticks=missed))
+    for tick, was_served in zip(missed, served, strict=True):
+        if was_served:
+            reason = f"older than the scheduler's grace of {grace:g}s when a scheduler looked ({policy})"
+        else:
+            reason = f"no live worker served flow {schedule.flow_slug!r} at the tick ({policy})"
+        emit(
+            ScheduleMiss(at=time.time(), schedule=schedule.name, flow_slug=schedule.flow_slug, tick=tick, reason=reason)
+        )
 
 
 class Scheduler:

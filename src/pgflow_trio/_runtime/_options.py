@@ -149,6 +149,14 @@ class WorkerOptions:
     scheduler_grace: float = attrs.field(default=60.0, validator=_seconds, metadata=_help("seconds a tick may be late"))
     """Missed ticks younger than this always fire (e.g. across a leader change); older ones follow catch_up."""
 
+    log_tracebacks: bool = attrs.field(
+        default=False,
+        validator=_flag,
+        metadata=_help("log a failed task's traceback at ERROR with its one-line summary (else at DEBUG)"),
+    )
+    """A handler's exception is logged as one line (`Type: message`) at ERROR; its traceback goes to DEBUG, or,
+    with this, onto that ERROR record."""
+
     prune_older_than: float | None = attrs.field(
         default=None,
         converter=_optional_duration,

@@ -11,7 +11,7 @@ import functools
 import logging
 import math
 import random
-import traceback
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Literal, TypeAlias
@@ -31,10 +31,29 @@ from pgflow_trio._exceptions import (
     PgflowError,
     TaskInputError,
 )
-from pgflow_trio._runtime._completer import Completer
+from pgflow_trio._observe._events import (
+    PollStart,
+    PollStop,
+    RunComplete,
+    RunFail,
+    TaskCancel,
+    TaskException,
+    TaskRecover,
+    TaskRelease,
+    TaskStart,
+    TaskStop,
+    TaskTimeout,
+    WorkerStart,
+    WorkerStop,
+    emit,
+    wanted,
+)
+from pgflow_trio._observe._logging import log_failure, task_fields, worker_fields
+from pgflow_trio._runtime._completer import Completer, emit_ended
 from pgflow_trio._runtime._execute import call_handler, instantiate
 from pgflow_trio._runtime._options import WorkerOptions
 from pgflow_trio._store import Database, MissedNotifications, Notification, open_listener
+from pgflow_trio._store._lifecycle import recover_observed
 from pgflow_trio._store._pauses import PausableRead, read_and_claim_unless_paused
 from pgflow_trio._store._registry import ensure_flow
 from pgflow_trio._store._worker_queries import (
@@ -51,7 +70,6 @@ from pgflow_trio._store._workers import (
     extend_visibility,
     heartbeat,
     liveness_bound,
-    recover_stalled_tasks,
     register_worker,
 )
 
@@ -125,6 +143,8 @@ class _Running:
     task: ClaimedTask
     visible_until: float  # trio clock time when the message's visibility runs out
     scope: trio.CancelScope = attrs.Factory(trio.CancelScope)  # cancelled when the task's run ends under it
+    began: float = 0.0  # trio clock time when its handler was called
+    queue_wait: float = 0.0  # seconds from its message's enqueue time to the handler's call
 
 
 @attrs.define
@@ -157,13 +177,15 @@ class Worker:
         self._intake = trio.CancelScope()
         self._stopping = False
         self._timeouts: dict[str, int] = {}
-        self._completer = Completer(db)
+        self._fields = worker_fields(self.worker_id, self.flow.slug)
+        self._completer = Completer(db, fields=self._fields)
+        self._served_since: float | None = None  # trio clock time of worker.start
 
     # ---- control -------------------------------------------------------------------------------------------
     def stop(self) -> None:
         """Stop reading; running tasks get `shutdown_grace` seconds, then are cancelled and handed back."""
         if not self._stopping:
-            log.info("worker %s (%s): stopping", self.worker_id, self.flow.slug)
+            log.info("worker %s (%s): stopping", self.worker_id, self.flow.slug, extra=self._fields)
         self._stopping = True
         self._intake.cancel()
 
@@ -180,7 +202,7 @@ class Worker:
         """Register, then serve until stopped or cancelled. `task_status.started(self)` once reading."""
         await self._check_liveness_bound()
         if self.options.register_flow and await ensure_flow(self.db, self.flow):
-            log.info("created flow %s in the database", self.flow.slug)
+            log.info("created flow %s in the database", self.flow.slug, extra=self._fields)
         await self._register()
         signal = self.options.signal
         if signal == "notify" and not await self._enable_notify():
@@ -201,7 +223,11 @@ class Worker:
                         self.flow.slug,
                         signal,
                         self.options.concurrency,
+                        extra=self._fields,
                     )
+                    self._served_since = trio.current_time()
+                    if wanted(WorkerStart):
+                        emit(self._worker_start(signal))
                     task_status.started(self)
                     await self._read_loop(tasks, signal)
                     await self._drain(tasks)
@@ -209,7 +235,22 @@ class Worker:
         finally:
             with trio.CancelScope(shield=True):
                 await self._deregister()
-        log.info("worker %s (%s) stopped: %s", self.worker_id, self.flow.slug, self.stats)
+            if self._served_since is not None and wanted(WorkerStop):
+                emit(self._worker_stop())
+        log.info("worker %s (%s) stopped: %s", self.worker_id, self.flow.slug, self.stats, extra=self._fields)
+
+    def _worker_start(self, signal: str) -> WorkerStart:
+        return WorkerStart(
+            at=time.time(),
+            worker_id=self.worker_id,
+            flow_slug=self.flow.slug,
+            concurrency=self.options.concurrency,
+            signal=signal,
+        )
+
+    def _worker_stop(self) -> WorkerStop:
+        served = trio.current_time() - (self._served_since or 0.0)
+        return WorkerStop(at=time.time(), worker_id=self.worker_id, flow_slug=self.flow.slug, duration=served)
 
     async def _check_liveness_bound(self) -> None:
         """A worker counts as live for its flow's schedules while it heartbeats within
@@ -220,7 +261,10 @@ class Worker:
         setting = liveness.setting
         if setting and setting.strip() and _seconds(setting) != bound:
             log.warning(
-                "pgflow_trio.live_worker_seconds = %r is not a positive number of seconds; %g s apply", setting, bound
+                "pgflow_trio.live_worker_seconds = %r is not a positive number of seconds; %g s apply",
+                setting,
+                bound,
+                extra=self._fields,
             )
         if self.options.heartbeat_interval > bound / 2:
             raise ConfigurationError(
@@ -243,7 +287,7 @@ class Worker:
             with trio.move_on_after(5):
                 await self.db.run(functools.partial(deregister_worker, worker_id=self.worker_id))
         except PgflowError as exc:
-            log.warning("could not mark worker %s stopped: %s", self.worker_id, exc)
+            log.warning("could not mark worker %s stopped: %s", self.worker_id, exc, extra=self._fields)
 
     async def _enable_notify(self) -> bool:
         """Make the queue notify whenever a message may have become readable: our triggers notify on inserts and
@@ -254,7 +298,7 @@ class Worker:
             await self.db.run(functools.partial(enable_queue_notifications, queue=self.flow.slug))
             return True
         except DatabaseError as exc:
-            log.warning("queue notifications unavailable (%s); polling instead", exc)
+            log.warning("queue notifications unavailable (%s); polling instead", exc, extra=self._fields)
             return False
 
     # ---- reading -------------------------------------------------------------------------------------------
@@ -284,20 +328,9 @@ class Worker:
                 self._wake = trio.Event()
                 read_at = trio.current_time()
                 try:
-                    result = await self.db.run(
-                        functools.partial(
-                            read_and_claim_unless_paused,
-                            queue=self.flow.slug,
-                            worker_id=self.worker_id,
-                            qty=qty,
-                            visibility=self.options.read_visibility,
-                            poll_seconds=self.options.poll_seconds if signal == "poll" else None,
-                            poll_interval_ms=max(1, int(interval * 1000)),
-                            want_next_visible=signal == "notify",
-                        )
-                    )
+                    result = await self._read(qty, signal, interval, read_at)
                 except PgflowError as exc:
-                    log.warning("worker %s: read failed (%s); retrying", self.worker_id, exc)
+                    log.warning("worker %s: read failed (%s); retrying", self.worker_id, exc, extra=self._fields)
                     await trio.sleep(min(self.options.poll_max * 2, 5.0))
                     continue
                 self.stats.reads += 1
@@ -315,15 +348,53 @@ class Worker:
                     with trio.move_on_after(wait):
                         await self._wake.wait()
 
+    async def _read(self, qty: int, signal: str, interval: float, read_at: float) -> PausableRead:
+        """One read-and-claim of up to `qty` messages, between worker.poll.start and worker.poll.stop (also when
+        the read fails or is cancelled: then it read nothing)."""
+        if wanted(PollStart):
+            emit(PollStart(at=time.time(), worker_id=self.worker_id, flow_slug=self.flow.slug, asked=qty))
+        result: PausableRead | None = None
+        try:
+            result = await self.db.run(
+                functools.partial(
+                    read_and_claim_unless_paused,
+                    queue=self.flow.slug,
+                    worker_id=self.worker_id,
+                    qty=qty,
+                    visibility=self.options.read_visibility,
+                    poll_seconds=self.options.poll_seconds if signal == "poll" else None,
+                    poll_interval_ms=max(1, int(interval * 1000)),
+                    want_next_visible=signal == "notify",
+                )
+            )
+            return result
+        finally:
+            if wanted(PollStop):
+                emit(
+                    PollStop(
+                        at=time.time(),
+                        worker_id=self.worker_id,
+                        flow_slug=self.flow.slug,
+                        asked=qty,
+                        read=0 if result is None else len(result.tasks),
+                        duration=trio.current_time() - read_at,
+                    )
+                )
+
     def _note_pause(self, result: PausableRead, was_paused: bool) -> bool:
         """Log when the queue's pause begins or ends, as this worker sees it; whether it is paused now."""
         paused = result.paused
         if paused and not was_paused:
             log.info(
-                "worker %s: queue %s is paused; reading nothing until it is resumed", self.worker_id, self.flow.slug
+                "worker %s: queue %s is paused; reading nothing until it is resumed",
+                self.worker_id,
+                self.flow.slug,
+                extra=self._fields,
             )
         elif was_paused and not paused:
-            log.info("worker %s: queue %s was resumed; reading again", self.worker_id, self.flow.slug)
+            log.info(
+                "worker %s: queue %s was resumed; reading again", self.worker_id, self.flow.slug, extra=self._fields
+            )
         return paused
 
     async def _notify_loop(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -332,7 +403,7 @@ class Worker:
             task_status.started()
             async for event in listener:
                 if isinstance(event, MissedNotifications):
-                    log.info("worker %s: %s; reading now", self.worker_id, event.reason)
+                    log.info("worker %s: %s; reading now", self.worker_id, event.reason, extra=self._fields)
                 elif isinstance(event, Notification) and event.payload.startswith(_CANCEL_PREFIX):
                     self._cancel_run_id(event.payload.removeprefix(_CANCEL_PREFIX))
                     continue
@@ -345,6 +416,7 @@ class Worker:
                 self.worker_id,
                 self.options.shutdown_grace,
                 len(self._running),
+                extra=self._fields,
             )
             self._idle = trio.Event()
             with trio.move_on_after(self.options.shutdown_grace):
@@ -366,36 +438,25 @@ class Worker:
         task = running.task
         timeout = self._timeouts.get(task.step_slug, 60)
         ctx = self.served.context(task, self.worker_id)
+        fields = self._task_fields(task)
+        running.began = trio.current_time()
+        if task.enqueued_at is not None:
+            running.queue_wait = max(0.0, time.time() - task.enqueued_at.timestamp())
+        if wanted(TaskStart):
+            emit(TaskStart(at=time.time(), **self._task_meta(task), queue_wait=running.queue_wait))
         try:
             try:
                 with running.scope, trio.move_on_after(timeout) as deadline:
                     output_json = await self.served.invoke(task, ctx)
                 if running.scope.cancel_called:  # its run ended under it: even an output it returned is stale
-                    await self._abandon(task)
+                    await self._abandon(running)
                     return
             except TaskInputError as bad:
-                log.error(
-                    "task %s/%s[%d] of run %s failed without retry, its input does not fit the handler: %s",
-                    self.flow.slug,
-                    task.step_slug,
-                    task.task_index,
-                    task.run_id,
-                    " ".join(str(bad).split()),
-                )
-                self.stats.failed += 1
+                self._on_exception(running, bad, retryable=False)
                 await self._report("fail_permanently", task, _error_text(bad))
                 return
             except Exception as exc:
-                log.error(
-                    "task %s/%s[%d] of run %s failed (attempt %d):\n%s",
-                    self.flow.slug,
-                    task.step_slug,
-                    task.task_index,
-                    task.run_id,
-                    task.attempt,
-                    "".join(traceback.format_exception(exc)).rstrip(),
-                )
-                self.stats.failed += 1
+                self._on_exception(running, exc, retryable=True)
                 await self._report("fail", task, _error_text(exc))
                 return
             if deadline.cancelled_caught:
@@ -406,27 +467,102 @@ class Worker:
                     task.task_index,
                     task.run_id,
                     timeout,
+                    extra=fields,
                 )
                 self.stats.timed_out += 1
+                if wanted(TaskTimeout):
+                    emit(
+                        TaskTimeout(
+                            at=time.time(), **self._task_meta(task), duration=self._ran(running), timeout=timeout
+                        )
+                    )
                 await self._report(
                     "fail", task, f"TimeoutError: step {task.step_slug!r} exceeded its timeout of {timeout}s"
                 )
                 return
+            if wanted(TaskStop):
+                emit(
+                    TaskStop(
+                        at=time.time(),
+                        **self._task_meta(task),
+                        duration=self._ran(running),
+                        queue_wait=running.queue_wait,
+                    )
+                )
             await self._report("complete", task, output_json)
             self.stats.completed += 1
         except trio.Cancelled:
             with trio.CancelScope(shield=True):
-                await self._release(task)
+                await self._release(running)
             raise
         finally:
             del self._running[task.msg_id]
             self._capacity_update()
 
-    async def _abandon(self, task: ClaimedTask) -> None:
+    def _task_meta(self, task: ClaimedTask) -> dict[str, Any]:
+        """The metadata every task event carries."""
+        return {
+            "worker_id": self.worker_id,
+            "flow_slug": self.flow.slug,
+            "step_slug": task.step_slug,
+            "task_index": task.task_index,
+            "attempt": task.attempt,
+            "run_id": task.run_id,
+            "msg_id": task.msg_id,
+        }
+
+    def _task_fields(self, task: ClaimedTask) -> dict[str, Any]:
+        """The same, as `extra` of a log record."""
+        return task_fields(
+            worker_id=self.worker_id,
+            flow_slug=self.flow.slug,
+            step_slug=task.step_slug,
+            task_index=task.task_index,
+            run_id=task.run_id,
+            attempt=task.attempt,
+            msg_id=task.msg_id,
+        )
+
+    @staticmethod
+    def _ran(running: _Running) -> float:
+        return trio.current_time() - running.began
+
+    def _on_exception(self, running: _Running, exc: Exception, *, retryable: bool) -> None:
+        """A handler raised: one log line (`Type: message`), task.exception, the failure counted."""
+        task = running.task
+        duration = self._ran(running)
+        self.stats.failed += 1
+        where = f"task {self.flow.slug}/{task.step_slug}[{task.task_index}] of run {task.run_id}"
+        if retryable:
+            message = f"{where} failed (attempt {task.attempt})"
+        else:
+            message = f"{where} failed without retry, its input does not fit the handler"
+        log_failure(
+            log,
+            logging.ERROR,
+            message,
+            exc,
+            extra=self._task_fields(task),
+            tracebacks=self.options.log_tracebacks,
+        )
+        if wanted(TaskException):
+            emit(
+                TaskException(
+                    at=time.time(),
+                    **self._task_meta(task),
+                    duration=duration,
+                    error_type=type(exc).__name__,
+                    error=str(exc)[:_ERROR_LIMIT],
+                    retryable=retryable,
+                )
+            )
+
+    async def _abandon(self, running: _Running) -> None:
         """The task's run was cancelled or failed while its handler ran, and the handler was cancelled: not a
         failure of the task. A cancelled run's tasks are already failed; a run pgflow failed (another step ran out
         of attempts) still shows this task started, so mark it failed without a retry, only while it is still
         this worker's (a run retried in the meantime may have handed it to another worker)."""
+        task = running.task
         self.stats.cancelled += 1
         log.info(
             "task %s/%s[%d] of run %s: handler cancelled, its run was cancelled or failed",
@@ -434,14 +570,17 @@ class Worker:
             task.step_slug,
             task.task_index,
             task.run_id,
+            extra=self._task_fields(task),
         )
+        if wanted(TaskCancel):
+            emit(TaskCancel(at=time.time(), **self._task_meta(task), duration=self._ran(running)))
         await self._report("fail_permanently", task, "cancelled: the run was cancelled or failed while the task ran")
 
     def _cancel_run_id(self, text: str) -> None:
         try:
             run_id = uuid.UUID(text)
         except ValueError:
-            log.warning("worker %s: ignoring malformed cancellation %r", self.worker_id, text[:100])
+            log.warning("worker %s: ignoring malformed cancellation %r", self.worker_id, text[:100], extra=self._fields)
             return
         self._cancel_runs({run_id})
 
@@ -453,32 +592,39 @@ class Worker:
 
     async def _report(self, kind: _Report, task: ClaimedTask, payload: str) -> None:
         """complete_task (batched) or fail_task, retried while the connection is down; a complete_task the
-        database rejects becomes a fail_task with its error. Recovery covers whatever still fails."""
+        database rejects becomes a fail_task with its error. Recovery covers whatever still fails. When someone
+        listens for run.completed/run.failed, the report also says whether it ended the run."""
         delay = 0.1
         where = f"{task.run_id}/{task.step_slug}[{task.task_index}]"
+        fields = self._task_fields(task)
         for attempt in range(6):
             try:
                 if kind == "complete":
                     await self._completer.complete(task, payload)
-                elif kind == "fail":
-                    await self.db.run(functools.partial(fail, worker_id=self.worker_id, task=task, payload=payload))
                 else:
-                    await self.db.run(
-                        functools.partial(fail_permanently, worker_id=self.worker_id, task=task, payload=payload)
+                    check = wanted(RunFail) or wanted(RunComplete)
+                    report = fail if kind == "fail" else fail_permanently
+                    outcome = await self.db.run(
+                        functools.partial(
+                            report, worker_id=self.worker_id, task=task, payload=payload, check_ended=check
+                        )
                     )
+                    emit_ended(outcome.ended)
                 return
             except ConnectionLost as exc:
-                log.warning("reporting task %s failed (%s); retry %d", where, exc, attempt + 1)
+                log.warning("reporting task %s failed (%s); retry %d", where, exc, attempt + 1, extra=fields)
                 await trio.sleep(delay)
                 delay = min(delay * 2, 2.0)
             except DatabaseError as exc:
-                log.error("%s for %s failed: %s", _SQL_NAMES[kind], where, exc)
+                log.error("%s for %s failed: %s", _SQL_NAMES[kind], where, exc, extra=fields)
                 if kind != "complete":
                     return
                 kind, payload = "fail", f"complete_task failed: {exc}"[:_ERROR_LIMIT]
-        log.error("gave up reporting task %s; recovery will requeue it", where)
+        log.error("gave up reporting task %s; recovery will requeue it", where, extra=fields)
 
-    async def _release(self, task: ClaimedTask) -> None:
+    async def _release(self, running: _Running) -> None:
+        task = running.task
+        fields = self._task_fields(task)
         try:
             with trio.move_on_after(5):
                 released = await self.db.run(functools.partial(release, worker_id=self.worker_id, tasks=[task]))
@@ -490,7 +636,10 @@ class Worker:
                         task.step_slug,
                         task.task_index,
                         task.run_id,
+                        extra=fields,
                     )
+                    if wanted(TaskRelease):
+                        emit(TaskRelease(at=time.time(), **self._task_meta(task), duration=self._ran(running)))
         except PgflowError as exc:
             log.warning(
                 "could not hand back task %s/%s[%d]: %s; recovery will requeue it",
@@ -498,6 +647,7 @@ class Worker:
                 task.step_slug,
                 task.task_index,
                 exc,
+                extra=fields,
             )
 
     # ---- background duties ---------------------------------------------------------------------------------
@@ -507,29 +657,57 @@ class Worker:
             try:
                 deprecated = await self.db.run(functools.partial(heartbeat, worker_id=self.worker_id))
             except PgflowError as exc:
-                log.warning("worker %s: heartbeat failed: %s", self.worker_id, exc)
+                log.warning("worker %s: heartbeat failed: %s", self.worker_id, exc, extra=self._fields)
                 continue
             if deprecated and not self._stopping:
-                log.info("worker %s was marked deprecated: draining", self.worker_id)
+                log.info("worker %s was marked deprecated: draining", self.worker_id, extra=self._fields)
                 self.stop()
 
     async def _recovery_loop(self) -> None:
         while True:
             await trio.sleep(self.options.recovery_interval * random.uniform(0.5, 1.0))
             try:
-                recovered = await self.db.run(
+                recovery = await self.db.run(
                     functools.partial(
-                        recover_stalled_tasks,
+                        recover_observed,
                         stale_after=self.options.stale_after,
                         timeout_grace=self.options.timeout_grace,
+                        check_ended=wanted(RunFail),
                     )
                 )
             except PgflowError as exc:
-                log.warning("worker %s: recovery failed: %s", self.worker_id, exc)
+                log.warning("worker %s: recovery failed: %s", self.worker_id, exc, extra=self._fields)
                 continue
-            for task in recovered:
+            for task in recovery.tasks:
                 self.stats.recovered += 1
-                log.warning("recovered task %s/%s[%d]: %s", task.run_id, task.step_slug, task.task_index, task.reason)
+                flow_slug = recovery.flow_slugs.get(task.run_id, "")
+                log.warning(
+                    "recovered task %s/%s[%d]: %s",
+                    task.run_id,
+                    task.step_slug,
+                    task.task_index,
+                    task.reason,
+                    extra=task_fields(
+                        worker_id=self.worker_id,
+                        flow_slug=flow_slug,
+                        step_slug=task.step_slug,
+                        task_index=task.task_index,
+                        run_id=task.run_id,
+                    ),
+                )
+                if wanted(TaskRecover):
+                    emit(
+                        TaskRecover(
+                            at=time.time(),
+                            worker_id=self.worker_id,
+                            flow_slug=flow_slug,
+                            run_id=task.run_id,
+                            step_slug=task.step_slug,
+                            task_index=task.task_index,
+                            reason=task.reason,
+                        )
+                    )
+            emit_ended(recovery.ended)
 
     async def _run_check_loop(self) -> None:
         """While tasks run, check that their runs still run; cancel the handlers of runs that ended. (With
@@ -543,7 +721,7 @@ class Worker:
             try:
                 ended = await self.db.run(functools.partial(ended_runs, run_ids=run_ids))
             except PgflowError as exc:
-                log.warning("worker %s: checking runs failed: %s", self.worker_id, exc)
+                log.warning("worker %s: checking runs failed: %s", self.worker_id, exc, extra=self._fields)
                 continue
             if ended:
                 self._cancel_runs(set(ended))
@@ -564,7 +742,7 @@ class Worker:
                     )
                 )
             except PgflowError as exc:
-                log.warning("worker %s: extending visibility failed: %s", self.worker_id, exc)
+                log.warning("worker %s: extending visibility failed: %s", self.worker_id, exc, extra=self._fields)
                 continue
             for r in due:
                 r.visible_until = now + offset

@@ -88,7 +88,7 @@ async def read_and_claim_unless_paused(
             poll_interval_ms,
         )
         rows = await con.fetch(_CLAIM.format(ids="$3::bigint[]"), queue, worker_id, ids) if ids else []
-    tasks = await _details(con, rows)
+    tasks = await _details(con, rows, queue)
     if rows:
         return PausableRead(tasks, len(rows), None)
     next_visible = "NULL::float8"

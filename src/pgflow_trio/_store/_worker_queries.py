@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import uuid
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import attrs
 
 from pgflow_trio._store import RawConnection, Record
+from pgflow_trio._store._lifecycle import EndedRun, runs_ended_at
 
 
 @attrs.frozen
@@ -22,6 +24,9 @@ class ClaimedTask:
     input: Any
     attempt: int
     flow_input: Any
+    enqueued_at: datetime.datetime | None = None
+    """When the task's message was sent (pgmq's `enqueued_at`; a retry keeps its first message's), fetched with
+    the attempt number; None only if the message was archived in between (its run was cancelled)."""
 
 
 @attrs.frozen
@@ -49,18 +54,22 @@ def wake_channel(queue: str) -> str:
     return f"pgflow_trio.{queue_table_name(queue)}"
 
 
-async def _details(con: RawConnection, rows: list[Record]) -> list[ClaimedTask]:
-    """Attempt numbers and run inputs of tasks start_tasks just returned (a second statement, so it sees them)."""
+async def _details(con: RawConnection, rows: list[Record], queue: str) -> list[ClaimedTask]:
+    """Attempt numbers, run inputs and message enqueue times of tasks start_tasks just returned (a second
+    statement, so it sees them)."""
     if not rows:
         return []
     extra = await con.fetch(
-        """SELECT t.run_id, t.step_slug, t.task_index, t.attempts_count, r.input::text AS run_input
-           FROM unnest($1::uuid[], $2::text[], $3::int[]) AS k(run_id, step_slug, task_index)
+        f"""SELECT t.run_id, t.step_slug, t.task_index, t.attempts_count, r.input::text AS run_input,
+                  m.enqueued_at
+           FROM unnest($1::uuid[], $2::text[], $3::int[], $4::bigint[]) AS k(run_id, step_slug, task_index, msg_id)
            JOIN pgflow.step_tasks t USING (run_id, step_slug, task_index)
-           JOIN pgflow.runs r ON r.run_id = t.run_id""",
+           JOIN pgflow.runs r ON r.run_id = t.run_id
+           LEFT JOIN {queue_table(queue)} m ON m.msg_id = k.msg_id""",
         [r["run_id"] for r in rows],
         [r["step_slug"] for r in rows],
         [r["task_index"] for r in rows],
+        [r["msg_id"] for r in rows],
     )
     info = {(e["run_id"], e["step_slug"], e["task_index"]): e for e in extra}
     tasks = []
@@ -75,6 +84,7 @@ async def _details(con: RawConnection, rows: list[Record]) -> list[ClaimedTask]:
                 input=json.loads(r["input"]),
                 attempt=e["attempts_count"],
                 flow_input=json.loads(e["run_input"]),
+                enqueued_at=e["enqueued_at"],
             )
         )
     return tasks
@@ -114,7 +124,7 @@ async def read_and_claim(
             poll_interval_ms,
         )
         rows = await con.fetch(claim.format(ids="$3::bigint[]"), queue, worker_id, [r[0] for r in ids]) if ids else []
-    tasks = await _details(con, rows)
+    tasks = await _details(con, rows, queue)
     next_visible = None
     if want_next_visible and not rows:
         next_visible = await con.fetchval(
@@ -124,24 +134,42 @@ async def read_and_claim(
     return ReadResult(tasks, len(rows), next_visible)
 
 
-async def complete(con: RawConnection, *, task: ClaimedTask, payload: str) -> None:
-    """pgflow.complete_task with the output as JSON text (null stays JSON null, falsy values keep their value)."""
-    await con.execute(
-        "SELECT pgflow.complete_task($1, $2, $3, $4::jsonb)", task.run_id, task.step_slug, task.task_index, payload
-    )
+async def complete(con: RawConnection, *, task: ClaimedTask, payload: str, check_ended: bool = False) -> list[EndedRun]:
+    """pgflow.complete_task with the output as JSON text (null stays JSON null, falsy values keep their value).
+    With `check_ended`, also which run this completion ended (a follow-up statement in the same crossing)."""
+    return await complete_many(con, tasks=[task], payloads=[payload], check_ended=check_ended)
 
 
-async def complete_many(con: RawConnection, *, tasks: list[ClaimedTask], payloads: list[str]) -> None:
-    """pgflow.complete_task for several tasks in one statement (one transaction); each call sees the previous."""
-    await con.execute(
-        """SELECT count(*) FROM unnest($1::uuid[], $2::text[], $3::int[], $4::text[]) WITH ORDINALITY
-                AS t(run_id, step_slug, task_index, output, n),
-           LATERAL pgflow.complete_task(t.run_id, t.step_slug, t.task_index, t.output::jsonb) AS c""",
+async def complete_many(
+    con: RawConnection, *, tasks: list[ClaimedTask], payloads: list[str], check_ended: bool = False
+) -> list[EndedRun]:
+    """pgflow.complete_task for several tasks in one statement (one transaction); each call sees the previous.
+    With `check_ended`, the statement also returns its transaction's `now()`, and a follow-up statement says which
+    runs it completed or failed (`runs_ended_at`)."""
+    if len(tasks) == 1 and not check_ended:
+        task = tasks[0]
+        await con.execute(
+            "SELECT pgflow.complete_task($1, $2, $3, $4::jsonb)",
+            task.run_id,
+            task.step_slug,
+            task.task_index,
+            payloads[0],
+        )
+        return []
+    at = await con.fetchval(
+        """SELECT now() FROM (
+               SELECT count(*) FROM unnest($1::uuid[], $2::text[], $3::int[], $4::text[]) WITH ORDINALITY
+                   AS t(run_id, step_slug, task_index, output, n),
+               LATERAL pgflow.complete_task(t.run_id, t.step_slug, t.task_index, t.output::jsonb) AS c
+           ) AS done""",
         [t.run_id for t in tasks],
         [t.step_slug for t in tasks],
         [t.task_index for t in tasks],
         payloads,
     )
+    if not check_ended:
+        return []
+    return await runs_ended_at(con, run_ids={t.run_id for t in tasks}, at=at)
 
 
 async def make_queued_visible(con: RawConnection, *, queue: str) -> None:
@@ -154,24 +182,40 @@ async def make_queued_visible(con: RawConnection, *, queue: str) -> None:
     )
 
 
-async def fail(con: RawConnection, *, worker_id: uuid.UUID, task: ClaimedTask, payload: str) -> bool:
+@attrs.frozen
+class FailReport:
+    """What a fail_task report did: whether the task was failed, and (when asked) which run it ended."""
+
+    failed: bool
+    ended: list[EndedRun] = attrs.Factory(list)
+
+    def __bool__(self) -> bool:
+        return self.failed
+
+
+async def fail(
+    con: RawConnection, *, worker_id: uuid.UUID, task: ClaimedTask, payload: str, check_ended: bool = False
+) -> FailReport:
     """pgflow.fail_task with the error message (pgflow decides between retry with backoff and failure), only while
     the task is still started by `worker_id` under the message it claimed: an attempt from before a retry cannot
-    fail the retried task. Locks run, step state, task in that order. Whether the task was failed."""
-    return await _fail_claimed(con, worker_id, task, payload, permanent=False)
+    fail the retried task. Locks run, step state, task in that order. Whether the task was failed (and with
+    `check_ended`, whether this failed its run)."""
+    return await _fail_claimed(con, worker_id, task, payload, permanent=False, check_ended=check_ended)
 
 
-async def fail_permanently(con: RawConnection, *, worker_id: uuid.UUID, task: ClaimedTask, payload: str) -> bool:
+async def fail_permanently(
+    con: RawConnection, *, worker_id: uuid.UUID, task: ClaimedTask, payload: str, check_ended: bool = False
+) -> FailReport:
     """Fail the task without retrying it (its remaining attempts could not succeed); pgflow fails step and run.
     Fenced like `fail`."""
-    return await _fail_claimed(con, worker_id, task, payload, permanent=True)
+    return await _fail_claimed(con, worker_id, task, payload, permanent=True, check_ended=check_ended)
 
 
 async def _fail_claimed(
-    con: RawConnection, worker_id: uuid.UUID, task: ClaimedTask, payload: str, *, permanent: bool
-) -> bool:
-    failed: bool = await con.fetchval(
-        "SELECT pgflow_trio.fail_claimed_task($1, $2, $3, $4, $5, $6, $7)",
+    con: RawConnection, worker_id: uuid.UUID, task: ClaimedTask, payload: str, *, permanent: bool, check_ended: bool
+) -> FailReport:
+    row = await con.fetchrow(
+        "SELECT pgflow_trio.fail_claimed_task($1, $2, $3, $4, $5, $6, $7) AS failed, now() AS at",
         task.run_id,
         task.step_slug,
         task.task_index,
@@ -180,7 +224,11 @@ async def _fail_claimed(
         payload,
         permanent,
     )
-    return failed
+    assert row is not None
+    failed = bool(row["failed"])
+    if not (failed and check_ended):
+        return FailReport(failed)
+    return FailReport(failed, await runs_ended_at(con, run_ids=[task.run_id], at=row["at"]))
 
 
 async def release(con: RawConnection, *, worker_id: uuid.UUID, tasks: list[ClaimedTask]) -> int:
