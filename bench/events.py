@@ -1,0 +1,80 @@
+"""What lifecycle events cost: single-step job throughput (bench.run's case (a), one worker) with no subscriber,
+with a no-op subscriber to every event, and with one to every event but run.completed/run.failed (those two ask
+the worker for one more statement per report), as ratios to no subscriber, in one run on one database.
+
+    python -m bench.events [--dsn DSN] [--runs 2000] [--rounds 5]
+
+The configurations alternate within each round (so drift of the machine hits them alike); the ratio of a round is
+its rate over that round's no-subscriber rate. Printed: the median rate, and the median and spread (min-max) of
+the ratios over the rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+
+import trio
+
+from pgflow_trio import events
+
+from ._common import bench_database
+from .run import BenchJob, throughput
+
+
+def _noop(event: events.Event) -> None:
+    return None
+
+
+@contextmanager
+def _subscribed(*kinds: type[events.Event]) -> Iterator[None]:
+    with events.subscribe(_noop, *kinds):
+        yield
+
+
+def _all_but_run_ends() -> AbstractContextManager[None]:
+    kinds = [k for k in events.event_kinds().values() if k not in (events.RunComplete, events.RunFail)]
+    return _subscribed(*kinds)
+
+
+CONFIGURATIONS: dict[str, Callable[[], AbstractContextManager[None]]] = {
+    "no subscriber": nullcontext,
+    "no-op subscriber, every event": _subscribed,
+    "no-op subscriber, all but run ends": _all_but_run_ends,
+    # "OTel SDK enabled": the OpenTelemetry integration's metrics and spans, once it exists, as one more entry
+    # here (a context manager that turns it on and off).
+}
+BASELINE = "no subscriber"
+
+
+async def main(dsn: str | None, runs: int, rounds: int) -> None:
+    rates: dict[str, list[float]] = {name: [] for name in CONFIGURATIONS}
+    async with bench_database(dsn) as url:
+        await throughput(url, BenchJob, "bench_job", max(200, runs // 10), 1)  # warm up
+        for n in range(rounds):
+            order = list(CONFIGURATIONS) if n % 2 == 0 else list(reversed(CONFIGURATIONS))
+            for name in order:
+                with CONFIGURATIONS[name]():
+                    rates[name].append(await throughput(url, BenchJob, "bench_job", runs, 1))
+    print(f"lifecycle events: single-step job throughput, 1 worker, {runs} runs x {rounds} rounds")
+    base = rates[BASELINE]
+    for name, values in rates.items():
+        ratios = [v / b for v, b in zip(values, base, strict=True)]
+        print(
+            f"  {name:36} {statistics.median(values):7.0f} runs/s   ratio {statistics.median(ratios):5.3f} "
+            f"(spread {min(ratios):5.3f}-{max(ratios):5.3f})"
+        )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dsn")
+    parser.add_argument("--runs", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    import logging
+
+    logging.basicConfig(level=logging.WARNING)
+    trio.run(main, args.dsn, args.runs, args.rounds)
