@@ -50,7 +50,8 @@ def _aware(name: str, value: object) -> datetime.datetime | None:
 
 def run_started(run_id: uuid.UUID, flow_slug: str) -> None:
     """run.started for a run this process's engine stored (started, enqueued or rerun)."""
-    log.debug("started run %s of %s", run_id, flow_slug, extra=run_fields(run_id, flow_slug))
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("started run %s of %s", run_id, flow_slug, extra=run_fields(run_id, flow_slug))
     if wanted(RunStart):
         emit(RunStart(at=time.time(), run_id=run_id, flow_slug=flow_slug))
 

@@ -438,7 +438,6 @@ class Worker:
         task = running.task
         timeout = self._timeouts.get(task.step_slug, 60)
         ctx = self.served.context(task, self.worker_id)
-        fields = self._task_fields(task)
         running.began = trio.current_time()
         if task.enqueued_at is not None:
             running.queue_wait = max(0.0, time.time() - task.enqueued_at.timestamp())
@@ -467,7 +466,7 @@ class Worker:
                     task.task_index,
                     task.run_id,
                     timeout,
-                    extra=fields,
+                    extra=self._task_fields(task),
                 )
                 self.stats.timed_out += 1
                 if wanted(TaskTimeout):
@@ -596,7 +595,6 @@ class Worker:
         listens for run.completed/run.failed, the report also says whether it ended the run."""
         delay = 0.1
         where = f"{task.run_id}/{task.step_slug}[{task.task_index}]"
-        fields = self._task_fields(task)
         for attempt in range(6):
             try:
                 if kind == "complete":
@@ -612,15 +610,17 @@ class Worker:
                     emit_ended(outcome.ended)
                 return
             except ConnectionLost as exc:
-                log.warning("reporting task %s failed (%s); retry %d", where, exc, attempt + 1, extra=fields)
+                log.warning(
+                    "reporting task %s failed (%s); retry %d", where, exc, attempt + 1, extra=self._task_fields(task)
+                )
                 await trio.sleep(delay)
                 delay = min(delay * 2, 2.0)
             except DatabaseError as exc:
-                log.error("%s for %s failed: %s", _SQL_NAMES[kind], where, exc, extra=fields)
+                log.error("%s for %s failed: %s", _SQL_NAMES[kind], where, exc, extra=self._task_fields(task))
                 if kind != "complete":
                     return
                 kind, payload = "fail", f"complete_task failed: {exc}"[:_ERROR_LIMIT]
-        log.error("gave up reporting task %s; recovery will requeue it", where, extra=fields)
+        log.error("gave up reporting task %s; recovery will requeue it", where, extra=self._task_fields(task))
 
     async def _release(self, running: _Running) -> None:
         task = running.task
