@@ -11,8 +11,8 @@ from tests.conftest import core_tarball, dsn, embedded_data_dir, empty_dsn, serv
 
 settings.register_profile(
     "fast",
-    max_examples=4,
-    stateful_step_count=12,
+    max_examples=10,
+    stateful_step_count=20,
     deadline=None,
     suppress_health_check=list(HealthCheck),
     print_blob=True,

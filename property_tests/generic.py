@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ def _handler(slug: str, is_map: bool) -> Callable[[Any, Context], Awaitable[Any]
     async def handle(task_input: Any, ctx: Context) -> Any:
         behaviour = header(ctx.flow_input)["plan"].get(slug, {})
         base = {
+            "execution": uuid.uuid4().hex,
             "pid": os.getpid(),
             "run": str(ctx.run_id),
             "step": slug,

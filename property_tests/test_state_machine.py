@@ -1,12 +1,15 @@
 """A Hypothesis state machine against a real database and real worker processes.
 
 It generates flows (DAGs with map steps and options), runs with a plan of handler behaviours (succeed, fail until
-attempt k, overrun the timeout), and starts, stops (SIGTERM) and kills (SIGKILL) worker subprocesses. After every
-step: no task used more attempts than allowed; a failed run started no task after it failed. At the end, once
-workers have run long enough: every run reached a final state; its status and output are what the model says (a
-run a killed worker disturbed may instead fail through recovery); every handler received exactly the outputs
-pgflow stored for its dependencies; no task ran twice at the same time. Duplicate executions (at-least-once) are
-counted and reported.
+attempt k, overrun the timeout), starts, stops (SIGTERM) and kills (SIGKILL) worker subprocesses, and operates runs
+the way an operator would: cancel a run, retry a failed or cancelled one in place, pause and resume a flow's queue.
+After every step: no task used more attempts than allowed; a failed run started no task after it failed; a
+cancelled run is failed and started no task after its cancellation committed; no run is stuck (started, with
+nothing queued or running). At the end, once workers have run long enough: every run reached a final state; its
+status and output are what the model says (a run a killed worker disturbed may instead fail through recovery; a
+cancelled run stays failed); every handler received exactly the outputs pgflow stored for its dependencies; no
+task ran twice at the same time; a retried run kept the outputs its completed tasks had before the retry, and none
+of those tasks ran again. Duplicate executions (at-least-once) are counted and reported.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import hypothesis.strategies as st
+import trio
 from hypothesis import settings
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -37,7 +41,7 @@ from hypothesis.stateful import (
 )
 from tests.helpers import ROOT, dsn_for, run_sql
 
-from pgflow_trio import compile_flow, flow_from_spec
+from pgflow_trio import Engine, PgflowError, compile_flow, flow_from_spec, open_engine
 from property_tests.model import effective, expected_input, predict
 
 REPORT: list[str] = []
@@ -90,6 +94,10 @@ class WorkflowMachine(RuleBasedStateMachine):
         self.killed: dict[int, float] = {}
         self.started_workers = 0
         self.next_id = 0
+        self.cancelled: set[str] = set()  # runs whose last operation was a cancellation that took effect
+        self.retried: dict[str, tuple[float, dict[tuple[str, int], tuple[str, str]]]] = {}
+        self.paused: set[str] = set()
+        self.seen_failed: dict[str, Any] = {}  # failed runs -> the database clock when a check first saw them failed
 
     # ---- rules -----------------------------------------------------------------------------------------------
     @initialize(specs=st.lists(flow_specs(), min_size=1, max_size=2))
@@ -182,6 +190,91 @@ class WorkflowMachine(RuleBasedStateMachine):
         proc.wait(timeout=30)
         self.killed[pid] = time.time()
 
+    # ---- operating runs ------------------------------------------------------------------------------------
+    def _operate(self, call: Any) -> Any:
+        """`call(engine)` through the public engine API, on its own event loop (the machine is synchronous)."""
+
+        async def go() -> Any:
+            async with open_engine(self.dsn, pool_size=2) as engine:
+                return await call(engine)
+
+        return trio.run(go)
+
+    def _pick(self, data: st.DataObject, status: str, label: str) -> str:
+        """A run, mostly one in `status` (an operation on it takes effect), sometimes any (it must be refused)."""
+        any_run = data.draw(st.integers(0, 3), label=f"{label}: any run") == 0
+        pick = data.draw(st.integers(0, 1_000_000), label=label)  # the same draws whatever the database holds
+        rows = run_sql(self.dsn, "SELECT run_id::text FROM pgflow.runs WHERE status = $1 ORDER BY 1", status)
+        candidates = [r[0] for r in rows if r[0] in self.runs]
+        pool = sorted(self.runs) if any_run or not candidates else candidates
+        return pool[pick % len(pool)]
+
+    def _status(self, run_id: str) -> str:
+        return str(run_sql(self.dsn, "SELECT status FROM pgflow.runs WHERE run_id = $1::uuid", run_id)[0][0])
+
+    @precondition(lambda self: bool(self.runs))
+    @rule(data=st.data())
+    def cancel_run(self, data: st.DataObject) -> None:
+        run_id = self._pick(data, "started", "run to cancel")
+
+        async def cancel(engine: Engine) -> bool:
+            try:
+                await engine.cancel_run(run_id, reason="property test")
+            except PgflowError:
+                return False
+            return True
+
+        if self._operate(cancel):
+            self.cancelled.add(run_id)
+            assert self._status(run_id) == "failed"
+        else:
+            assert self._status(run_id) != "started", f"cancelling started run {run_id} was refused"
+
+    @precondition(lambda self: bool(self.runs))
+    @rule(data=st.data())
+    def retry_run(self, data: st.DataObject) -> None:
+        run_id = self._pick(data, "failed", "run to retry")
+        before = time.time()
+        completed = self._completed_tasks(run_id)
+
+        async def retry(engine: Engine) -> bool:
+            try:
+                await engine.retry_run(run_id)
+            except PgflowError:
+                return False
+            return True
+
+        if self._operate(retry):
+            self.cancelled.discard(run_id)
+            self.seen_failed.pop(run_id, None)
+            earlier = self.retried.get(run_id, (before, {}))[1]
+            self.retried[run_id] = (before, {**earlier, **completed})
+        else:
+            assert self._status(run_id) != "failed", f"retrying failed run {run_id} was refused"
+
+    def _completed_tasks(self, run_id: str) -> dict[tuple[str, int], tuple[str, str]]:
+        """(step, task index) -> (output, completed_at) of the run's completed tasks."""
+        rows = run_sql(
+            self.dsn,
+            "SELECT step_slug, task_index, output::text, completed_at::text FROM pgflow.step_tasks "
+            "WHERE run_id = $1::uuid AND status = 'completed'",
+            run_id,
+        )
+        return {(r[0], r[1]): (r[2], r[3]) for r in rows}
+
+    @rule(data=st.data())
+    def pause_or_resume(self, data: st.DataObject) -> None:
+        slug = data.draw(st.sampled_from([s["slug"] for s in self.specs]), label="flow")
+
+        async def toggle(engine: Engine) -> None:
+            if slug in self.paused:
+                await engine.resume(slug)
+            else:
+                await engine.pause(slug)
+
+        self._operate(toggle)
+        self.paused ^= {slug}
+
     @rule(seconds=st.sampled_from([0.2, 0.5, 1.0]))
     def let_time_pass(self, seconds: float) -> None:
         time.sleep(seconds)
@@ -202,19 +295,65 @@ class WorkflowMachine(RuleBasedStateMachine):
 
     @invariant()
     def failed_runs_start_no_further_tasks(self) -> None:
+        """Once a check has seen a run failed (or cancelled), no task of it starts in a transaction that began
+        later. (Timestamps are transaction start times, so a start that began before the failure committed -- and
+        so still saw the run started -- may carry a later time than the run's failed_at; that is not a late start.)"""
         if not self.specs:
             return
-        late = run_sql(
+        for run_id, seen_at in run_sql(
+            self.dsn, "SELECT run_id::text, clock_timestamp() FROM pgflow.runs WHERE status = 'failed'"
+        ):
+            self.seen_failed.setdefault(run_id, seen_at)
+        if not self.seen_failed:
+            return
+        ids = sorted(self.seen_failed)
+        rows = run_sql(
             self.dsn,
-            """SELECT t.run_id, t.step_slug, t.task_index FROM pgflow.step_tasks t JOIN pgflow.runs r USING (run_id)
-               WHERE r.status = 'failed' AND t.started_at > r.failed_at""",
+            "SELECT run_id::text, step_slug, task_index, started_at FROM pgflow.step_tasks "
+            "WHERE run_id = ANY($1::uuid[]) AND started_at IS NOT NULL",
+            ids,
         )
+        late = [r for r in rows if r[3] > self.seen_failed[r[0]]]
         assert late == [], late
+
+    @invariant()
+    def cancelled_runs_stay_failed_and_start_nothing_after_the_cancellation(self) -> None:
+        if not self.cancelled:
+            return
+        rows = run_sql(
+            self.dsn,
+            """SELECT r.run_id::text, r.status,
+                      EXISTS (SELECT 1 FROM pgflow.step_tasks t WHERE t.run_id = r.run_id
+                              AND t.started_at > c.cancelled_at) AS started_after
+               FROM pgflow.runs r JOIN pgflow_trio.run_cancellations c USING (run_id)
+               WHERE r.run_id = ANY($1::uuid[])""",
+            sorted(self.cancelled),
+        )
+        assert len(rows) == len(self.cancelled), f"cancellations lost: {self.cancelled} vs {rows}"
+        for run_id, status, started_after in rows:
+            assert status == "failed", f"cancelled run {run_id} is {status}"
+            assert not started_after, f"cancelled run {run_id} started a task after its cancellation"
+
+    @invariant()
+    def no_run_is_stuck(self) -> None:
+        """A started run always has a task queued (its message in the queue) or started."""
+        if not self.specs:
+            return
+        stuck = run_sql(
+            self.dsn,
+            """SELECT r.run_id FROM pgflow.runs r WHERE r.status = 'started' AND NOT EXISTS (
+                   SELECT 1 FROM pgflow.step_tasks t
+                   WHERE t.run_id = r.run_id AND t.status IN ('queued', 'started'))""",
+        )
+        assert stuck == [], f"runs started with nothing queued or running: {stuck}"
 
     # ---- the end ---------------------------------------------------------------------------------------------
     def teardown(self) -> None:
         try:
             if self.specs and self.runs:
+                for slug in sorted(self.paused):
+                    self._operate(lambda engine, slug=slug: engine.resume(slug))
+                self.paused.clear()
                 if not self.workers:
                     self.start_worker(4, "notify")
                 self._wait_for_final_states()
@@ -246,14 +385,8 @@ class WorkflowMachine(RuleBasedStateMachine):
     def _check_outcomes(self) -> None:
         records = self._executions()
         starts = [r for r in records if r["event"] == "start"]
-        ends = {
-            (r["pid"], r["run"], r["step"], r["index"], r["attempt"]): r["at"] for r in records if r["event"] == "end"
-        }
-        disturbed = {
-            r["run"]
-            for r in starts
-            if r["pid"] in self.killed and (r["pid"], r["run"], r["step"], r["index"], r["attempt"]) not in ends
-        }
+        ends = {r["execution"]: r["at"] for r in records if r["event"] == "end"}
+        disturbed = {r["run"] for r in starts if r["pid"] in self.killed and r["execution"] not in ends}
         rows = run_sql(self.dsn, "SELECT run_id::text, status, output::text FROM pgflow.runs")
         actual = {row[0]: (row[1], None if row[2] is None else json.loads(row[2])) for row in rows}
         step_outputs: dict[str, dict[str, Any]] = {}
@@ -262,6 +395,9 @@ class WorkflowMachine(RuleBasedStateMachine):
             status, output, outputs = predict(spec, run_input)
             step_outputs[run_id] = outputs
             got_status, got_output = actual[run_id]
+            if run_id in self.cancelled:
+                assert (got_status, got_output) == ("failed", None), f"cancelled run {run_id} is {got_status}"
+                continue
             if status == "completed" and got_status == "failed":
                 assert run_id in disturbed, f"run {run_id} failed, the model says it completes: {run_input}"
                 recovered = run_sql(
@@ -285,18 +421,32 @@ class WorkflowMachine(RuleBasedStateMachine):
         # no task ran twice at the same time
         intervals: dict[tuple[str, str, int], list[tuple[float, float]]] = {}
         for start in starts:
-            key = (start["pid"], start["run"], start["step"], start["index"], start["attempt"])
-            end = ends.get(key, self.killed.get(start["pid"], float("inf")))
+            end = ends.get(start["execution"], self.killed.get(start["pid"], float("inf")))
             intervals.setdefault((start["run"], start["step"], start["index"]), []).append((start["at"], end))
         for task, spans in intervals.items():
             spans.sort()
             for (_, end), (begin, _) in itertools.pairwise(spans):
                 assert begin >= end, f"task {task} ran twice at the same time: {spans}"
-        executions = Counter((s["run"], s["step"], s["index"], s["attempt"]) for s in starts)
+        # a retried run kept its completed tasks' outputs, and none of them ran again
+        for run_id, (retried_at, completed) in self.retried.items():
+            now = self._completed_tasks(run_id)
+            for task, stored in completed.items():
+                assert now.get(task) == stored, f"run {run_id} task {task}: {stored} before the retry, {now.get(task)}"
+            again = [
+                s
+                for s in starts
+                if s["run"] == run_id and (s["step"], s["index"]) in completed and s["at"] > retried_at
+            ]
+            assert again == [], f"run {run_id}: completed tasks ran again after the retry: {again}"
+        # (a retry starts attempts from 1 again: its runs' executions are not repeats)
+        executions = Counter(
+            (s["run"], s["step"], s["index"], s["attempt"]) for s in starts if s["run"] not in self.retried
+        )
         duplicates = sum(n - 1 for n in executions.values() if n > 1)
         REPORT.append(
             f"{len(self.runs)} runs, {len(starts)} executions, {duplicates} repeated (run, step, task, "
-            f"attempt) executions, {len(self.killed)} workers killed, {len(disturbed)} runs disturbed"
+            f"attempt) executions, {len(self.killed)} workers killed, {len(disturbed)} runs disturbed, "
+            f"{len(self.cancelled)} cancelled, {len(self.retried)} retried"
         )
 
 
