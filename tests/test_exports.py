@@ -12,7 +12,7 @@ import pytest
 
 import pgflow_trio
 
-PUBLIC_SUBMODULES: frozenset[str] = frozenset({"testing"})
+PUBLIC_SUBMODULES: frozenset[str] = frozenset({"testing", "events"})
 
 
 def _public() -> list[str]:
