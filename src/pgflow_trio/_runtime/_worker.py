@@ -31,6 +31,7 @@ from pgflow_trio._exceptions import (
     PgflowError,
     TaskInputError,
 )
+from pgflow_trio._observe._hooks import fetch_trace_contexts, task_span
 from pgflow_trio._runtime._completer import Completer
 from pgflow_trio._runtime._execute import call_handler, instantiate
 from pgflow_trio._runtime._options import WorkerOptions
@@ -301,6 +302,7 @@ class Worker:
                     await trio.sleep(min(self.options.poll_max * 2, 5.0))
                     continue
                 self.stats.reads += 1
+                await fetch_trace_contexts(self.db, result.tasks, self.options.otel)
                 paused = self._note_pause(result, paused)
                 for task in result.tasks:
                     self._spawn(tasks, task, read_at)
@@ -368,7 +370,11 @@ class Worker:
         ctx = self.served.context(task, self.worker_id)
         try:
             try:
-                with running.scope, trio.move_on_after(timeout) as deadline:
+                with (
+                    running.scope,
+                    trio.move_on_after(timeout) as deadline,
+                    task_span(self.flow.slug, task, self.worker_id, deadline, self.options.otel),
+                ):
                     output_json = await self.served.invoke(task, ctx)
                 if running.scope.cancel_called:  # its run ended under it: even an output it returned is stale
                     await self._abandon(task)

@@ -15,6 +15,7 @@ from pgflow_trio._definitions._slugs import slug_problem
 from pgflow_trio._exceptions import DefinitionError, FlowNotFound
 from pgflow_trio._models import Cancellation, Run, RunPage, StepState
 from pgflow_trio._store import RawConnection, Record
+from pgflow_trio._store._traces import TraceContext, record_trace
 from pgflow_trio._store._worker_queries import queue_table
 
 _RUN_COLUMNS = (
@@ -51,10 +52,12 @@ async def start_run(
     run_id: uuid.UUID | None,
     at: datetime.datetime | None = None,
     delay: float | None = None,
+    trace: TraceContext | None = None,
 ) -> tuple[uuid.UUID, bool]:
     """Start a run (or find the run `run_id` names). Returns (run_id, existed).
 
-    With `at`/`delay`, the run is stored now and its first tasks become visible then, in the same transaction."""
+    With `at`/`delay`, the run is stored now and its first tasks become visible then, in the same transaction;
+    with `trace`, the run's trace context is stored in it too (an existing run keeps its own)."""
     if run_id is not None:
         existing = await _existing(con, run_id, slug)
         if existing is not None:
@@ -73,6 +76,8 @@ async def start_run(
                     at,
                     delay if delay is not None else 0.0,
                 )
+            if trace is not None:
+                await record_trace(con, run_id=new_id, trace=trace)
     except asyncpg.ForeignKeyViolationError as exc:
         raise FlowNotFound(
             f"there is no flow {slug!r} in the database: start a worker for it (it registers the flow) or run "
