@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import socket
@@ -15,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import trio
 from opentelemetry import metrics
@@ -33,7 +35,7 @@ from pgflow_trio._store import open_database
 from pgflow_trio._store._registry import ensure_flow
 
 from . import flows
-from .helpers import ROOT, start_run, wait_run
+from .helpers import ROOT, eventually, start_run, wait_run
 
 EVENTS_WIRED = "TaskStop(" in Path(pgflow_trio._runtime._worker.__file__).read_text()
 
@@ -117,8 +119,15 @@ def test_the_otel_gauges_read_the_last_refreshed_values() -> None:
 _GLOBAL_READER = InMemoryMetricReader()
 
 
+def _global_reader() -> InMemoryMetricReader:
+    """The reader of the global meter provider (which can be set once per process: the first caller sets it)."""
+    if not isinstance(metrics.get_meter_provider(), MeterProvider):
+        metrics.set_meter_provider(MeterProvider(metric_readers=[_GLOBAL_READER]))
+    return _GLOBAL_READER
+
+
 def test_two_users_of_the_global_instruments_count_each_task_once() -> None:
-    metrics.set_meter_provider(MeterProvider(metric_readers=[_GLOBAL_READER]))
+    _global_reader()
     GLOBAL_METRICS.acquire()
     GLOBAL_METRICS.acquire()
     try:
@@ -278,3 +287,43 @@ async def test_a_scrape_of_metrics_port_counts_the_runs_done(dsn: str, tmp_path:
     assert _samples(families, "pgflow_tasks_completed", "pgflow_tasks_completed_total") == {("counted", "work"): 5}
     waits = _samples(families, "pgflow_task_queue_wait_seconds", "pgflow_task_queue_wait_seconds_count")
     assert waits == {("counted", "work"): 5}
+
+
+async def test_serve_with_a_metrics_port_reports_the_bound_port_and_closes_it(dsn: str) -> None:
+    from pgflow_trio import WorkerGroup, serve
+
+    from .helpers import FAST
+
+    options = attrs.evolve(FAST, metrics_port=0, metrics_interval=0.1)
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            group: WorkerGroup = await nursery.start(functools.partial(serve, flows.Counted, dsn=dsn, options=options))
+            assert group.metrics_port is not None and group.metrics_port > 0
+            families = await _scrape_when(
+                group.metrics_port, lambda f: _samples(f, "pgflow_workers_live").get(("counted",)) == 1
+            )
+            assert _samples(families, "pgflow_queue_depth") == {("counted",): 0}
+            port = group.metrics_port
+            nursery.cancel_scope.cancel()
+    with pytest.raises(OSError):
+        await trio.to_thread.run_sync(_scrape, port)
+
+
+async def test_a_worker_with_otel_feeds_the_global_meter_provider(dsn: str) -> None:
+    from pgflow_trio import WorkerGroup, serve
+
+    from .helpers import FAST
+
+    reader = _global_reader()
+
+    async def counted_is_live() -> bool:
+        points = _points(reader).get("pgflow.workers.live", [])
+        return {p.attributes["pgflow.queue"]: p.value for p in points}.get("counted") == 1
+
+    options = attrs.evolve(FAST, otel=True, metrics_interval=0.1)
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            group: WorkerGroup = await nursery.start(functools.partial(serve, flows.Counted, dsn=dsn, options=options))
+            assert group.metrics_port is None
+            await eventually(counted_is_live, 0.05)
+            nursery.cancel_scope.cancel()
