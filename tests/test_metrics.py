@@ -65,8 +65,9 @@ def _emit_a_batch() -> None:
 
 def _points(reader: InMemoryMetricReader) -> dict[str, list[Any]]:
     data = reader.get_metrics_data()
-    assert data is not None
     found: dict[str, list[Any]] = {}
+    if data is None:  # nothing recorded yet
+        return found
     for resource in data.resource_metrics:
         for scope in resource.scope_metrics:
             for metric in scope.metrics:
