@@ -224,6 +224,7 @@ NOT_SETTINGS = {
         "sync_schedules": "the worker command always syncs its schedules (cron sync does it by hand)",
         "scheduler": "--no-scheduler",
         "log_tracebacks": "--log-tracebacks",
+        "otel": "--otel, or $PGFLOW_OTEL",
     },
     "EngineOptions": {
         "pool_size": "each command opens a small pool of its own",
@@ -233,6 +234,7 @@ NOT_SETTINGS = {
         "check_schema": "each command decides (health checks the schema itself)",
         "data_dir": "--data-dir, or $PGFLOW_DATA_DIR",
         "driver": "$PGFLOW_DRIVER, read where the database is opened",
+        "otel": "tracing run starts is for applications; the worker command has --otel",
     },
 }
 

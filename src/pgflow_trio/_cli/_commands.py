@@ -83,6 +83,7 @@ PRUNER_SETTINGS = (
     Setting("prune_interval", duration=True),
     Setting("prune_batch_size"),
 )
+METRICS_SETTINGS = (Setting("metrics_port"), Setting("metrics_host"), Setting("metrics_interval"))
 WORKER_SETTINGS = (
     *(
         Setting(name)
@@ -98,6 +99,7 @@ WORKER_SETTINGS = (
         )
     ),
     *PRUNER_SETTINGS,
+    *METRICS_SETTINGS,
 )
 CRON_BACKEND = Setting("cron_backend")
 CONNECT_TIMEOUT = Setting("connect_timeout")
@@ -298,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--no-scheduler", action="store_true", help=f"do not {help_of(WorkerOptions, 'scheduler')}")
     worker.add_argument("--log-tracebacks", action="store_true", help=help_of(WorkerOptions, "log_tracebacks"))
     worker.add_argument("--cron-dsn", help="the database where pg_cron is installed (default: --dsn)")
+    _add_otel_flag(worker)
 
     start = commands.add_parser("start", help="start a run; print its id, or its output with --wait")
     start.add_argument("target", metavar="SLUG|TARGET", help="a flow slug, package.module:Attr or file.py:Attr")
@@ -469,10 +472,35 @@ async def _cron_database(args: argparse.Namespace) -> AsyncIterator[Database | N
         yield cron_db
 
 
+_OTEL_ENV = "PGFLOW_OTEL"
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("", "0", "false", "no", "off")
+
+
+def _add_otel_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--otel", action="store_true", help=f"{help_of(WorkerOptions, 'otel')} (${_OTEL_ENV}=1; needs the otel extra)"
+    )
+
+
+def _otel_wanted(args: argparse.Namespace) -> bool:
+    """--otel, else $PGFLOW_OTEL (1/true/yes/on or 0/false/no/off)."""
+    if args.otel:
+        return True
+    text = os.environ.get(_OTEL_ENV, "").strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ConfigurationError(f"${_OTEL_ENV}={text!r}: expected 1, true, yes, on or 0, false, no, off")
+
+
 async def _worker(args: argparse.Namespace) -> int:
     settings = settings_from(args, WorkerOptions, WORKER_SETTINGS)
     _check_pruner_settings(settings)
-    options = WorkerOptions(**settings, scheduler=not args.no_scheduler, log_tracebacks=args.log_tracebacks)
+    options = WorkerOptions(
+        **settings, scheduler=not args.no_scheduler, log_tracebacks=args.log_tracebacks, otel=_otel_wanted(args)
+    )
     connect_timeout = _connect_timeout(args)
     # serve() checks each target at run time and names what is wrong with it.
     targets = [typing.cast(ServeTarget, load_object(target)) for target in args.targets]

@@ -56,6 +56,7 @@ from pgflow_trio._models import (
     RunPage,
     Snapshot,
 )
+from pgflow_trio._observe._hooks import require_otel, run_start_span
 from pgflow_trio._runtime import ServeTarget, WorkerGroup, WorkerOptions, run_workers
 from pgflow_trio._runtime import _cron as cron
 from pgflow_trio._runtime._options import boolean, integer, one_of, positive
@@ -64,6 +65,7 @@ from pgflow_trio._store._dsn import resolve_dsn
 from pgflow_trio._store._runs import checked_slug, failure_of, fetch_run, list_runs, start_run
 from pgflow_trio._store._schema import CORE_VERSION, check, require_complete
 from pgflow_trio._store._schema import install as install_into
+from pgflow_trio._store._traces import rerun_with_trace
 from pgflow_trio._util import unwrap_single_errors
 
 In = TypeVar("In")
@@ -139,6 +141,14 @@ class EngineOptions:
     )
     """How Trio reaches asyncpg: `trio-asyncio` (its loop inside Trio) or `thread` (a plain asyncio loop in a thread
     of its own). None: $PGFLOW_DRIVER, else `auto` (trio-asyncio where it imports, else thread)."""
+    otel: bool = attrs.field(default=False, validator=_flag, metadata={"help": "trace run starts with OpenTelemetry"})
+    """Trace each start (a PRODUCER span, a child of the caller's span, whose context is stored with the run so
+    that workers parent their task spans into the run's trace); `serve()` without options traces its tasks too.
+    Needs the `otel` extra."""
+
+    def __attrs_post_init__(self) -> None:
+        if self.otel:
+            require_otel("engine option otel")
 
 
 def _as_uuid(value: uuid.UUID | str | None, what: str = "run id") -> uuid.UUID | None:
@@ -277,11 +287,21 @@ class _Starter:
             definition = definition_of(flow)
             slug = definition.slug
             input_json = encode_input_json(definition, input)
-        rid, existed = await self._run_sql(
-            functools.partial(start_run, slug=slug, input_json=input_json, run_id=_as_uuid(run_id), at=at, delay=delay)
-        )
-        if not existed:
-            self._started(rid, slug)
+        with run_start_span(slug, self.engine.options.otel) as span:
+            rid, existed = await self._run_sql(
+                functools.partial(
+                    start_run,
+                    slug=slug,
+                    input_json=input_json,
+                    run_id=_as_uuid(run_id),
+                    at=at,
+                    delay=delay,
+                    trace=span.trace,
+                )
+            )
+            span.started(rid, existed)
+            if not existed:
+                self._started(rid, slug)
         typed = definition if definition is not None and definition.typed else None
         return RunHandle(self.engine, rid, slug, typed, existed)
 
@@ -577,7 +597,12 @@ class Engine(_Starter):
             actual = (await self._get_run(original, with_states=False)).flow_slug
             if actual != expected:
                 raise DefinitionError(f"run {original} is a run of {actual!r}, not {expected!r}")
-        new_id, slug = await control.rerun(self.db, original)
+        if self.options.otel:
+            with run_start_span(None, True) as span:
+                new_id, slug = await self.db.run(functools.partial(rerun_with_trace, run_id=original, trace=span.trace))
+                span.started(new_id, False, slug)
+        else:
+            new_id, slug = await control.rerun(self.db, original)
         typed = None if flow is None or isinstance(flow, str) else definition_of(flow)
         handle: RunHandle[Any] = RunHandle(self, new_id, slug, typed if typed and typed.typed else None, False)
         handle.rerun_of = original
@@ -703,7 +728,7 @@ class Engine(_Starter):
 
         `cron_dsn`: the database where pg_cron is installed when it is another one (its `cron.database_name`),
         opened with the engine's `connect_timeout` (when set; else that DSN's own, $PGFLOW_CONNECT_TIMEOUT or 10 s)."""
-        opts = options or WorkerOptions()
+        opts = options or WorkerOptions(otel=self.options.otel)
         if cron_dsn is None:
             await run_workers(self.db, targets, opts, task_status=task_status)
             return
@@ -725,13 +750,15 @@ async def open_engine(
     connect_timeout: float | None = None,
     driver: DriverChoice | None = None,
     install: bool = False,
+    otel: bool = False,
 ) -> AsyncIterator[Engine]:
     """Connect to the pgflow database (`dsn`, else PGFLOW_DSN, else the embedded PostgreSQL) for the block.
 
     The options are those of `EngineOptions` (validated: ConfigurationError names a bad one). `install=True`
     installs or completes the schema when it is incomplete (as `python -m pgflow_trio db install` does: it fetches
     pgflow core with npm unless cached); off by default, so an application never changes a database's schema
-    unasked. Without it, an incomplete schema raises SchemaError naming the fix."""
+    unasked. Without it, an incomplete schema raises SchemaError naming the fix. `otel=True` traces starts with
+    OpenTelemetry (the `otel` extra; see EngineOptions.otel)."""
     opts = EngineOptions(
         pool_size=pool_size,
         events=events,
@@ -742,6 +769,7 @@ async def open_engine(
         data_dir=data_dir,
         connect_timeout=connect_timeout,
         driver=driver,
+        otel=otel,
     )
     if not isinstance(install, bool):
         raise ConfigurationError(f"engine option install must be True or False, got {install!r}")

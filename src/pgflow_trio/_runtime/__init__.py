@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from pgflow_trio._exceptions import DefinitionError, FlowMismatch
+from pgflow_trio._observe._hooks import run_metrics
 from pgflow_trio._runtime._options import CronBackend, Signal, WorkerOptions
 from pgflow_trio._runtime._worker import RawHandler, Served, ServeTarget, Worker, WorkerStats, served
 from pgflow_trio._store import Database, DriverChoice, open_database
@@ -45,6 +46,8 @@ class WorkerGroup:
         self.workers = tuple(workers)
         self.schedules = schedules
         self.pruner = pruner
+        self.metrics_port: int | None = None
+        """The port of this group's Prometheus endpoint (None without one)."""
         self._on_stop = on_stop
 
     def stop(self) -> None:
@@ -79,6 +82,7 @@ async def run_workers(
 
     pruning = trio.CancelScope()
     pruner = _pruner_for(db, options)
+    measuring = trio.CancelScope()
 
     async def prune() -> None:
         with pruning:
@@ -88,8 +92,12 @@ async def run_workers(
     def stop_services() -> None:
         scheduling.cancel()
         pruning.cancel()
+        measuring.cancel()
 
     async with trio.open_nursery() as services:
+        metrics_port = None
+        if options.otel or options.metrics_port is not None:
+            metrics_port = await services.start(_measure, db, options, measuring)
         if options.scheduler:
             services.start_soon(schedule)
         if pruner is not None:
@@ -106,8 +114,26 @@ async def run_workers(
                     log.info(
                         "schedules: %s", ", ".join(f"{name} ({how})" for name, how in sorted(report.backends.items()))
                     )
-            task_status.started(WorkerGroup(workers, on_stop=stop_services, schedules=report, pruner=pruner))
+            group = WorkerGroup(workers, on_stop=stop_services, schedules=report, pruner=pruner)
+            group.metrics_port = metrics_port
+            task_status.started(group)
         stop_services()  # every worker has stopped (stop(), or deprecated by the database)
+
+
+async def _measure(
+    db: Database, options: WorkerOptions, scope: trio.CancelScope, *, task_status: trio.TaskStatus[int | None]
+) -> None:
+    """Metrics while the workers run (OpenTelemetry instruments, the Prometheus endpoint, their gauges)."""
+    with scope:
+        await run_metrics(
+            db,
+            otel=options.otel,
+            port=options.metrics_port,
+            host=options.metrics_host,
+            interval=options.metrics_interval,
+            stale_after=options.stale_after,
+            task_status=task_status,
+        )
 
 
 def _pruner_for(db: Database, options: WorkerOptions) -> Pruner | None:

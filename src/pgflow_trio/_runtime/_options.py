@@ -15,6 +15,7 @@ from attrs import validators as v
 
 from pgflow_trio._exceptions import ConfigurationError
 from pgflow_trio._models import PruneStatus
+from pgflow_trio._observe._hooks import require_otel, require_prometheus
 from pgflow_trio._runtime._pruner import seconds_of
 
 Signal = Literal["poll", "notify"]
@@ -177,7 +178,32 @@ class WorkerOptions:
         default=500, validator=integer("worker", 1, 100_000), metadata=_help("runs the pruner deletes per transaction")
     )
 
+    otel: bool = attrs.field(
+        default=False, validator=_flag, metadata=_help("trace each task and record metrics with OpenTelemetry")
+    )
+    """Trace each task attempt (a CONSUMER span in its run's trace) and record task and queue metrics through the
+    OpenTelemetry API, on the global tracer and meter providers. Needs the `otel` extra."""
+    metrics_port: int | None = attrs.field(
+        default=None,
+        validator=attrs.validators.optional(integer("worker", 0, 65535)),
+        metadata=_help("serve Prometheus metrics on this port (0: any free port)"),
+    )
+    """Serve the metrics in Prometheus' text format at `http://metrics_host:metrics_port/metrics`. Needs the
+    `prometheus` extra. None (default): no endpoint."""
+    metrics_host: str = attrs.field(
+        default="127.0.0.1",
+        validator=checked("worker", "a host name or address", v.instance_of(str), v.min_len(1)),
+        metadata=_help("the address the metrics endpoint binds"),
+    )
+    metrics_interval: float = attrs.field(
+        default=5.0, validator=_seconds, metadata=_help("seconds between two reads of the queue gauges")
+    )
+
     def __attrs_post_init__(self) -> None:
+        if self.otel:
+            require_otel("worker option otel")
+        if self.metrics_port is not None:
+            require_prometheus("worker option metrics_port")
         if self.poll_min > self.poll_max:
             raise ConfigurationError("worker option poll_min must not exceed poll_max")
         if self.stale_after <= self.heartbeat_interval:

@@ -48,6 +48,7 @@ from pgflow_trio._observe._events import (
     emit,
     wanted,
 )
+from pgflow_trio._observe._hooks import fetch_trace_contexts, task_span
 from pgflow_trio._observe._logging import log_failure, task_fields, worker_fields
 from pgflow_trio._runtime._completer import Completer, emit_ended
 from pgflow_trio._runtime._execute import call_handler, instantiate
@@ -334,6 +335,7 @@ class Worker:
                     await trio.sleep(min(self.options.poll_max * 2, 5.0))
                     continue
                 self.stats.reads += 1
+                await fetch_trace_contexts(self.db, result.tasks, self.options.otel)
                 paused = self._note_pause(result, paused)
                 for task in result.tasks:
                     self._spawn(tasks, task, read_at)
@@ -445,7 +447,11 @@ class Worker:
             emit(TaskStart(at=time.time(), **self._task_meta(task), queue_wait=running.queue_wait))
         try:
             try:
-                with running.scope, trio.move_on_after(timeout) as deadline:
+                with (
+                    running.scope,
+                    trio.move_on_after(timeout) as deadline,
+                    task_span(self.flow.slug, task, self.worker_id, deadline, self.options.otel),
+                ):
                     output_json = await self.served.invoke(task, ctx)
                 if running.scope.cancel_called:  # its run ended under it: even an output it returned is stale
                     await self._abandon(running)

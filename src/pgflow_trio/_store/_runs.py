@@ -15,6 +15,7 @@ from pgflow_trio._definitions._slugs import slug_problem
 from pgflow_trio._exceptions import DefinitionError, FlowNotFound
 from pgflow_trio._models import Cancellation, Run, RunPage, StepState
 from pgflow_trio._store import RawConnection, Record
+from pgflow_trio._store._traces import TraceContext
 from pgflow_trio._store._worker_queries import queue_table
 
 _RUN_COLUMNS = (
@@ -51,19 +52,19 @@ async def start_run(
     run_id: uuid.UUID | None,
     at: datetime.datetime | None = None,
     delay: float | None = None,
+    trace: TraceContext | None = None,
 ) -> tuple[uuid.UUID, bool]:
     """Start a run (or find the run `run_id` names). Returns (run_id, existed).
 
-    With `at`/`delay`, the run is stored now and its first tasks become visible then, in the same transaction."""
+    With `at`/`delay`, the run is stored now and its first tasks become visible then, in the same transaction;
+    with `trace`, the run's trace context is stored in it too (an existing run keeps its own)."""
     if run_id is not None:
         existing = await _existing(con, run_id, slug)
         if existing is not None:
             return existing, True
     try:
         async with con.transaction():  # a savepoint when the caller has a transaction open
-            new_id: uuid.UUID = await con.fetchval(
-                "SELECT run_id FROM pgflow.start_flow($1, $2::jsonb, $3)", slug, input_json, run_id
-            )
+            new_id: uuid.UUID = await _start_flow(con, slug, input_json, run_id, trace)
             if at is not None or delay is not None:
                 await con.execute(
                     f"UPDATE {queue_table(checked_slug(slug))} SET vt = greatest(vt, coalesce($2, clock_timestamp() "
@@ -86,6 +87,28 @@ async def start_run(
             raise
         return existing, True
     return new_id, False
+
+
+async def _start_flow(
+    con: RawConnection, slug: str, input_json: str, run_id: uuid.UUID | None, trace: TraceContext | None
+) -> uuid.UUID:
+    """pgflow.start_flow; with `trace`, the run's trace context is stored by the same statement (no extra round
+    trip)."""
+    if trace is None:
+        started: uuid.UUID = await con.fetchval(
+            "SELECT run_id FROM pgflow.start_flow($1, $2::jsonb, $3)", slug, input_json, run_id
+        )
+        return started
+    traced: uuid.UUID = await con.fetchval(
+        "INSERT INTO pgflow_trio.run_traces (run_id, traceparent, tracestate) "
+        "SELECT run_id, $4, $5 FROM pgflow.start_flow($1, $2::jsonb, $3) RETURNING run_id",
+        slug,
+        input_json,
+        run_id,
+        trace.traceparent,
+        trace.tracestate,
+    )
+    return traced
 
 
 async def _existing(con: RawConnection, run_id: uuid.UUID, slug: str) -> uuid.UUID | None:
