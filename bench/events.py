@@ -1,6 +1,7 @@
-"""What lifecycle events cost: single-step job throughput (bench.run's case (a), one worker) with no subscriber,
-with a no-op subscriber to every event, and with one to every event but run.completed/run.failed (those two ask
-the worker for one more statement per report), as ratios to no subscriber, in one run on one database.
+"""What observability costs: single-step job throughput (bench.run's case (a), one worker) with no subscriber, with
+a no-op subscriber to every event, with one to every event but run.completed/run.failed (those two ask the worker
+for one more statement per report), and with OpenTelemetry on (the SDK installed: a span per task exported to a
+dropping exporter, task metrics), as ratios to no subscriber, in one run on one database.
 
     python -m bench.events [--dsn DSN] [--runs 2000] [--rounds 5]
 
@@ -21,6 +22,7 @@ import trio
 from pgflow_trio import events
 
 from ._common import bench_database
+from .otel import install_sdk
 from .run import BenchJob, throughput
 
 
@@ -39,25 +41,27 @@ def _all_but_run_ends() -> AbstractContextManager[None]:
     return _subscribed(*kinds)
 
 
-CONFIGURATIONS: dict[str, Callable[[], AbstractContextManager[None]]] = {
-    "no subscriber": nullcontext,
-    "no-op subscriber, every event": _subscribed,
-    "no-op subscriber, all but run ends": _all_but_run_ends,
-    # "OTel SDK enabled": the OpenTelemetry integration's metrics and spans, once it exists, as one more entry
-    # here (a context manager that turns it on and off).
+CONFIGURATIONS: dict[str, tuple[Callable[[], AbstractContextManager[None]], bool]] = {
+    "no subscriber": (nullcontext, False),
+    "no-op subscriber, every event": (_subscribed, False),
+    "no-op subscriber, all but run ends": (_all_but_run_ends, False),
+    "OTel SDK enabled (spans and metrics)": (nullcontext, True),
 }
+"""name -> (what is subscribed while it runs, whether the worker has OpenTelemetry on)"""
 BASELINE = "no subscriber"
 
 
 async def main(dsn: str | None, runs: int, rounds: int) -> None:
     rates: dict[str, list[float]] = {name: [] for name in CONFIGURATIONS}
+    install_sdk()  # set up as an application would; unused while a configuration has OpenTelemetry off
     async with bench_database(dsn) as url:
         await throughput(url, BenchJob, "bench_job", max(200, runs // 10), 1)  # warm up
         for n in range(rounds):
             order = list(CONFIGURATIONS) if n % 2 == 0 else list(reversed(CONFIGURATIONS))
             for name in order:
-                with CONFIGURATIONS[name]():
-                    rates[name].append(await throughput(url, BenchJob, "bench_job", runs, 1))
+                subscribed, otel = CONFIGURATIONS[name]
+                with subscribed():
+                    rates[name].append(await throughput(url, BenchJob, "bench_job", runs, 1, otel=otel))
     print(f"lifecycle events: single-step job throughput, 1 worker, {runs} runs x {rounds} rounds")
     base = rates[BASELINE]
     for name, values in rates.items():

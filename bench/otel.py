@@ -64,12 +64,18 @@ async def measure(dsn: str, runs: int, otel: bool) -> tuple[float, float]:
     return start_rate, task_rate
 
 
-async def main(dsn: str | None, runs: int, rounds: int) -> None:
+def install_sdk() -> tuple[TracerProvider, Dropping]:
+    """The OpenTelemetry SDK as an application would set it up, with spans dropped after export."""
     exporter = Dropping()
     tracer_provider = TracerProvider()
     tracer_provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(tracer_provider)
     metrics.set_meter_provider(MeterProvider(metric_readers=[InMemoryMetricReader()]))
+    return tracer_provider, exporter
+
+
+async def main(dsn: str | None, runs: int, rounds: int) -> None:
+    tracer_provider, exporter = install_sdk()
     results: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
     for _ in range(rounds):
         for otel in (False, True):

@@ -78,9 +78,9 @@ async def _reset(db: Database, target: object, slug: str, runs: int) -> None:
     await _fill(db, slug, runs)
 
 
-async def throughput(dsn: str, target: object, slug: str, runs: int, workers: int) -> float:
+async def throughput(dsn: str, target: object, slug: str, runs: int, workers: int, *, otel: bool = False) -> float:
     """Runs/s: pre-filled queue, `workers` workers started together, until every run completed."""
-    options = WorkerOptions(concurrency=10, batch_size=10, signal="notify")
+    options = WorkerOptions(concurrency=10, batch_size=10, signal="notify", otel=otel)
     async with open_engine(dsn, events=False) as engine:
         await _reset(engine.db, target, slug, runs)
         async with trio.open_nursery() as nursery:
