@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 
@@ -51,6 +52,22 @@ CONFIGURATIONS: dict[str, tuple[Callable[[], AbstractContextManager[None]], bool
 BASELINE = "no subscriber"
 
 
+_CHECKS_PER_TASK = 8
+"""`wanted(...)` checks a single-step job's task passes through with no subscriber: poll start and stop (shared by
+a batch, counted whole), task start and stop, run completed/failed at the report, and the completer's check."""
+
+
+def _cost_of_a_check() -> float:
+    """Seconds per `wanted(kind)` with no subscriber: what an event costs when nobody listens."""
+    from pgflow_trio._observe._events import wanted
+
+    n = 1_000_000
+    started = time.perf_counter()
+    for _ in range(n):
+        wanted(events.TaskStop)
+    return (time.perf_counter() - started) / n
+
+
 async def main(dsn: str | None, runs: int, rounds: int) -> None:
     rates: dict[str, list[float]] = {name: [] for name in CONFIGURATIONS}
     install_sdk()  # set up as an application would; unused while a configuration has OpenTelemetry off
@@ -64,6 +81,12 @@ async def main(dsn: str | None, runs: int, rounds: int) -> None:
                     rates[name].append(await throughput(url, BenchJob, "bench_job", runs, 1, otel=otel))
     print(f"lifecycle events: single-step job throughput, 1 worker, {runs} runs x {rounds} rounds")
     base = rates[BASELINE]
+    check = _cost_of_a_check()
+    per_task = _CHECKS_PER_TASK * check
+    print(
+        f"  with no subscriber a task costs {_CHECKS_PER_TASK} `wanted` checks of {check * 1e9:.0f} ns: "
+        f"{per_task * 1e6:.2f} us, {per_task * statistics.median(base) * 100:.3f}% of a task at the baseline rate"
+    )
     for name, values in rates.items():
         ratios = [v / b for v, b in zip(values, base, strict=True)]
         print(

@@ -18,7 +18,18 @@ import attrs
 import pytest
 import trio
 
-from pgflow_trio import Context, Engine, Flow, WorkerGroup, WorkerOptions, events, flow_from_spec, open_engine, step
+from pgflow_trio import (
+    Context,
+    Engine,
+    Flow,
+    WorkerGroup,
+    WorkerOptions,
+    events,
+    flow_from_spec,
+    map_step,
+    open_engine,
+    step,
+)
 from pgflow_trio._observe._events import wanted
 from pgflow_trio._runtime._cron import fire_due, sync_schedules
 from pgflow_trio._store import open_database
@@ -75,6 +86,12 @@ async def serving(
         group: WorkerGroup = await nursery.start(functools.partial(engine.serve, *targets, options=options))
         yield group, nursery
         nursery.cancel_scope.cancel()
+
+
+class EmptyMap(Flow[list[int], list[int]], slug="ev_empty_map"):
+    @map_step
+    async def double(self, n: int) -> int:
+        return n * 2
 
 
 class Nap(Flow[int, int], slug="ev_nap", max_attempts=1, timeout=3):
@@ -285,6 +302,23 @@ async def test_every_way_the_engine_starts_a_run(dsn: str) -> None:
     assert ids == [started.run_id, enqueued.run_id, rerun.run_id, in_tx.run_id]
     assert rolled_back.run_id not in ids
     assert {e.flow_slug for e in rec.of(events.RunStart)} == {"ev_nap"}
+
+
+async def test_a_rerun_with_tracing_on_and_a_run_that_completes_as_it_starts(dsn: str) -> None:
+    """run.started whether tracing is on or not; a run pgflow completes inside start_flow (a root map over an
+    empty array) gets its run.completed from the engine that started it, since no worker's report ends it."""
+    with trio.fail_after(30):
+        async with recording() as rec, open_engine(dsn, otel=True) as engine:
+            await engine.upsert_flow(Nap)
+            first = await engine.start(Nap, 0)
+            rerun = await engine.rerun(first.run_id)
+            await engine.upsert_flow(EmptyMap)
+            empty = await engine.start(EmptyMap, [])
+            async with engine.transaction() as tx:
+                empty_in_tx = await tx.start(EmptyMap, [])
+                assert not rec.of(events.RunComplete, run_id=empty_in_tx.run_id)  # not before it commits
+    assert [e.run_id for e in rec.of(events.RunStart)] == [first.run_id, rerun.run_id, empty.run_id, empty_in_tx.run_id]
+    assert [e.run_id for e in rec.of(events.RunComplete)] == [empty.run_id, empty_in_tx.run_id]
 
 
 async def test_a_killed_workers_task_is_recovered_by_another(dsn: str, tmp_path: Path) -> None:

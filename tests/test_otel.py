@@ -397,3 +397,37 @@ def test_metrics_options_are_validated() -> None:
     with pytest.raises(ConfigurationError, match="metrics_host must be a host name or address"):
         WorkerOptions(metrics_host="")
     assert WorkerOptions(metrics_port=0).metrics_host == "127.0.0.1"
+
+
+async def test_a_handler_with_a_nursery_that_times_out_or_fails_marks_its_span(
+    spans: InMemorySpanExporter,
+) -> None:
+    """Handlers that open nurseries raise exception groups: a Cancelled inside one at the step's timeout is still
+    a timeout, and another exception inside one is still the handler's error."""
+    from pgflow_trio._observe import _otel
+    from pgflow_trio._store._worker_queries import ClaimedTask
+
+    task = ClaimedTask(uuid.uuid4(), "s", 0, 1, None, 1, None)
+
+    async def sleeper() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.sleep, 10)
+            await trio.sleep(10)
+
+    async def failing() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.sleep, 10)
+            raise ValueError("broken inside a nursery")
+
+    with trio.move_on_after(0.05) as deadline, _otel.task_span("f", task, uuid.uuid4(), deadline):
+        await sleeper()
+    with (
+        pytest.raises(BaseExceptionGroup),
+        trio.move_on_after(5) as deadline,
+        _otel.task_span("f", task, uuid.uuid4(), deadline),
+    ):
+        await failing()
+    timed_out, failed = spans.get_finished_spans()[-2:]
+    assert (timed_out.status.status_code.name, timed_out.attributes["pgflow.outcome"]) == ("ERROR", "timeout")
+    assert failed.status.status_code.name == "ERROR"
+    assert [e.attributes["exception.type"] for e in failed.events] == ["ValueError"]

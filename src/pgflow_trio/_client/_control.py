@@ -15,12 +15,13 @@ from pgflow_trio._exceptions import (
     DatabaseError,
     FlowChanged,
     FlowNotFound,
+    PgflowError,
     RunNotActive,
     RunNotFound,
     RunNotRetryable,
 )
 from pgflow_trio._models import BulkOutcome, Cancellation
-from pgflow_trio._observe._events import RunCancel, RunStart, emit, wanted
+from pgflow_trio._observe._events import RunCancel, RunComplete, RunStart, emit, wanted
 from pgflow_trio._observe._logging import run_fields
 from pgflow_trio._store import Database
 from pgflow_trio._store import _control as sql
@@ -48,12 +49,15 @@ def _aware(name: str, value: object) -> datetime.datetime | None:
     return value
 
 
-def run_started(run_id: uuid.UUID, flow_slug: str) -> None:
-    """run.started for a run this process's engine stored (started, enqueued or rerun)."""
+def run_started(run_id: uuid.UUID, flow_slug: str, *, completed: bool = False) -> None:
+    """run.started for a run this process's engine stored (started, enqueued or rerun); and run.completed when
+    it completed as it started (a flow whose maps were all empty)."""
     if log.isEnabledFor(logging.DEBUG):
         log.debug("started run %s of %s", run_id, flow_slug, extra=run_fields(run_id, flow_slug))
     if wanted(RunStart):
         emit(RunStart(at=time.time(), run_id=run_id, flow_slug=flow_slug))
+    if completed and wanted(RunComplete):
+        emit(RunComplete(at=time.time(), run_id=run_id, flow_slug=flow_slug, duration=0.0))
 
 
 async def _cancelled(db: Database, cancellations: list[Cancellation], flow_slug: str | None = None) -> None:
@@ -61,7 +65,10 @@ async def _cancelled(db: Database, cancellations: list[Cancellation], flow_slug:
     someone listens)."""
     origins = {}
     if wanted(RunCancel) and cancellations:
-        origins = await db.run(functools.partial(run_origins, run_ids=[c.run_id for c in cancellations]))
+        try:
+            origins = await db.run(functools.partial(run_origins, run_ids=[c.run_id for c in cancellations]))
+        except PgflowError as exc:  # the cancellations committed: only the events' durations are lost
+            log.warning("reading the cancelled runs for run.cancelled failed: %s", exc)
     for c in cancellations:
         origin = origins.get(c.run_id)
         slug = origin.flow_slug if origin is not None else flow_slug

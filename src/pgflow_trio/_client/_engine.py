@@ -56,12 +56,14 @@ from pgflow_trio._models import (
     RunPage,
     Snapshot,
 )
+from pgflow_trio._observe._events import RunComplete, wanted
 from pgflow_trio._observe._hooks import require_otel, run_start_span
 from pgflow_trio._runtime import ServeTarget, WorkerGroup, WorkerOptions, run_workers
 from pgflow_trio._runtime import _cron as cron
 from pgflow_trio._runtime._options import boolean, integer, one_of, positive
 from pgflow_trio._store import Connection, Database, DriverChoice, Record, open_database
 from pgflow_trio._store._dsn import resolve_dsn
+from pgflow_trio._store._lifecycle import completed_at_start
 from pgflow_trio._store._runs import checked_slug, failure_of, fetch_run, list_runs, start_run
 from pgflow_trio._store._schema import CORE_VERSION, check, require_complete
 from pgflow_trio._store._schema import install as install_into
@@ -253,9 +255,10 @@ class _Starter:
     async def _run_sql(self, fn: Any) -> Any:
         raise NotImplementedError
 
-    def _started(self, run_id: uuid.UUID, slug: str) -> None:
-        """A run was stored: run.started (a transaction's runs once it commits)."""
-        control.run_started(run_id, slug)
+    def _started(self, run_id: uuid.UUID, slug: str, *, completed: bool = False) -> None:
+        """A run was stored: run.started, and run.completed when it completed as it started (a transaction's runs
+        once it commits)."""
+        control.run_started(run_id, slug, completed=completed)
 
     @overload
     async def start(
@@ -301,7 +304,9 @@ class _Starter:
             )
             span.started(rid, existed)
             if not existed:
-                self._started(rid, slug)
+                # a run can complete inside start_flow (only empty maps): nobody's report will end it
+                done = wanted(RunComplete) and await self._run_sql(functools.partial(completed_at_start, run_id=rid))
+                self._started(rid, slug, completed=done)
         typed = definition if definition is not None and definition.typed else None
         return RunHandle(self.engine, rid, slug, typed, existed)
 
@@ -382,13 +387,13 @@ class EngineTransaction(_Starter):
     def __init__(self, engine: Engine, connection: Connection) -> None:
         self.engine = engine
         self.connection = connection
-        self._stored: list[tuple[uuid.UUID, str]] = []  # runs started in it: run.started once it commits
+        self._stored: list[tuple[uuid.UUID, str, bool]] = []  # runs started in it: run.started once it commits
 
     async def _run_sql(self, fn: Any) -> Any:
         return await self.connection.run(fn)
 
-    def _started(self, run_id: uuid.UUID, slug: str) -> None:
-        self._stored.append((run_id, slug))
+    def _started(self, run_id: uuid.UUID, slug: str, *, completed: bool = False) -> None:
+        self._stored.append((run_id, slug, completed))
 
     async def execute(self, sql: str, *args: object) -> str:
         return await self.connection.execute(sql, *args)
@@ -424,8 +429,8 @@ class Engine(_Starter):
         async with self.db.transaction(user_sql=True) as connection:
             tx = EngineTransaction(self, connection)
             yield tx
-        for run_id, slug in tx._stored:
-            control.run_started(run_id, slug)
+        for run_id, slug, completed in tx._stored:
+            control.run_started(run_id, slug, completed=completed)
 
     # ---- runs ----------------------------------------------------------------------------------------------
     async def _get_run(self, run_id: uuid.UUID | str, *, with_states: bool) -> Run:
@@ -601,6 +606,7 @@ class Engine(_Starter):
             with run_start_span(None, True) as span:
                 new_id, slug = await self.db.run(functools.partial(rerun_with_trace, run_id=original, trace=span.trace))
                 span.started(new_id, False, slug)
+            control.run_started(new_id, slug)
         else:
             new_id, slug = await control.rerun(self.db, original)
         typed = None if flow is None or isinstance(flow, str) else definition_of(flow)

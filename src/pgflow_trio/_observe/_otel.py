@@ -146,11 +146,15 @@ def task_span(flow_slug: str, task: ClaimedTask, worker_id: uuid.UUID, deadline:
     with trace.use_span(span, end_on_exit=True, record_exception=False, set_status_on_exception=False):
         try:
             yield
-        except Exception as exc:
-            _record_error(span, exc)
-            raise
-        except trio.Cancelled:
-            if deadline.cancel_called and deadline.deadline <= trio.current_time():
+        except BaseException as exc:
+            # A handler that opened a nursery raises groups: a Cancelled inside one is still a cancellation, and
+            # any other exception in it is the handler's error.
+            errors = exc.split(trio.Cancelled)[1] if isinstance(exc, BaseExceptionGroup) else exc
+            while isinstance(errors, BaseExceptionGroup) and len(errors.exceptions) == 1:
+                errors = errors.exceptions[0]  # the one error a nursery wrapped
+            if errors is not None and not isinstance(errors, trio.Cancelled):
+                _record_error(span, errors)
+            elif deadline.cancel_called and deadline.deadline <= trio.current_time():
                 error = TimeoutError(f"step {task.step_slug!r} exceeded its timeout")
                 span.set_attribute("pgflow.outcome", "timeout")
                 _record_error(span, error)

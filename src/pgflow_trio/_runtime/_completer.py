@@ -14,7 +14,7 @@ import attrs
 import trio
 
 from pgflow_trio._exceptions import ConnectionLost, DatabaseError, PgflowError
-from pgflow_trio._observe._events import RunComplete, RunFail, emit, wanted
+from pgflow_trio._observe._events import Event, RunComplete, RunFail, emit, wanted
 from pgflow_trio._store import Database
 from pgflow_trio._store._lifecycle import EndedRun
 from pgflow_trio._store._worker_queries import ClaimedTask, complete_many
@@ -28,6 +28,7 @@ _MAX_BATCH = 100
 class _Pending:
     task: ClaimedTask
     payload: str
+    outcome: Event | None = None  # the attempt's task.stop, emitted once the completion is committed
     done: trio.Event = attrs.Factory(trio.Event)
     error: PgflowError | None = None
 
@@ -61,8 +62,10 @@ class Completer:
         self._pending: list[_Pending] = []
         self._wakeup = trio.Event()
 
-    async def complete(self, task: ClaimedTask, payload: str) -> None:
-        item = _Pending(task, payload)
+    async def complete(self, task: ClaimedTask, payload: str, outcome: Event | None = None) -> None:
+        """Store the task's output (batched with others); `outcome` is emitted once it is committed, before the
+        run events of the batch, even when the caller stopped waiting."""
+        item = _Pending(task, payload, outcome)
         self._pending.append(item)
         self._wakeup.set()
         await item.done.wait()
@@ -105,6 +108,9 @@ class Completer:
                     await self._flush([item])
                 return
         else:
+            for item in batch:
+                if item.outcome is not None:
+                    emit(item.outcome)
             emit_ended(ended)
         for item in batch:
             item.done.set()

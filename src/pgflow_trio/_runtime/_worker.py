@@ -32,6 +32,7 @@ from pgflow_trio._exceptions import (
     TaskInputError,
 )
 from pgflow_trio._observe._events import (
+    Event,
     PollStart,
     PollStop,
     RunComplete,
@@ -335,7 +336,8 @@ class Worker:
                     await trio.sleep(min(self.options.poll_max * 2, 5.0))
                     continue
                 self.stats.reads += 1
-                await fetch_trace_contexts(self.db, result.tasks, self.options.otel)
+                with trio.CancelScope(shield=True), trio.move_on_after(5):  # the claim committed: keep its tasks
+                    await fetch_trace_contexts(self.db, result.tasks, self.options.otel)
                 paused = self._note_pause(result, paused)
                 for task in result.tasks:
                     self._spawn(tasks, task, read_at)
@@ -457,12 +459,12 @@ class Worker:
                     await self._abandon(running)
                     return
             except TaskInputError as bad:
-                self._on_exception(running, bad, retryable=False)
-                await self._report("fail_permanently", task, _error_text(bad))
+                outcome = self._on_exception(running, bad, retryable=False)
+                await self._report("fail_permanently", task, _error_text(bad), outcome)
                 return
             except Exception as exc:
-                self._on_exception(running, exc, retryable=True)
-                await self._report("fail", task, _error_text(exc))
+                outcome = self._on_exception(running, exc, retryable=True)
+                await self._report("fail", task, _error_text(exc), outcome)
                 return
             if deadline.cancelled_caught:
                 log.warning(
@@ -475,26 +477,21 @@ class Worker:
                     extra=self._task_fields(task),
                 )
                 self.stats.timed_out += 1
+                timed_out = None
                 if wanted(TaskTimeout):
-                    emit(
-                        TaskTimeout(
-                            at=time.time(), **self._task_meta(task), duration=self._ran(running), timeout=timeout
-                        )
+                    timed_out = TaskTimeout(
+                        at=time.time(), **self._task_meta(task), duration=self._ran(running), timeout=timeout
                     )
                 await self._report(
-                    "fail", task, f"TimeoutError: step {task.step_slug!r} exceeded its timeout of {timeout}s"
+                    "fail", task, f"TimeoutError: step {task.step_slug!r} exceeded its timeout of {timeout}s", timed_out
                 )
                 return
+            stopped = None
             if wanted(TaskStop):
-                emit(
-                    TaskStop(
-                        at=time.time(),
-                        **self._task_meta(task),
-                        duration=self._ran(running),
-                        queue_wait=running.queue_wait,
-                    )
+                stopped = TaskStop(
+                    at=time.time(), **self._task_meta(task), duration=self._ran(running), queue_wait=running.queue_wait
                 )
-            await self._report("complete", task, output_json)
+            await self._report("complete", task, output_json, stopped)
             self.stats.completed += 1
         except trio.Cancelled:
             with trio.CancelScope(shield=True):
@@ -532,8 +529,9 @@ class Worker:
     def _ran(running: _Running) -> float:
         return trio.current_time() - running.began
 
-    def _on_exception(self, running: _Running, exc: Exception, *, retryable: bool) -> None:
-        """A handler raised: one log line (`Type: message`), task.exception, the failure counted."""
+    def _on_exception(self, running: _Running, exc: Exception, *, retryable: bool) -> TaskException | None:
+        """A handler raised: one log line (`Type: message`), the failure counted; the task.exception record to emit
+        once the failure is reported (None when nobody listens)."""
         task = running.task
         duration = self._ran(running)
         self.stats.failed += 1
@@ -550,17 +548,16 @@ class Worker:
             extra=self._task_fields(task),
             tracebacks=self.options.log_tracebacks,
         )
-        if wanted(TaskException):
-            emit(
-                TaskException(
-                    at=time.time(),
-                    **self._task_meta(task),
-                    duration=duration,
-                    error_type=type(exc).__name__,
-                    error=str(exc)[:_ERROR_LIMIT],
-                    retryable=retryable,
-                )
-            )
+        if not wanted(TaskException):
+            return None
+        return TaskException(
+            at=time.time(),
+            **self._task_meta(task),
+            duration=duration,
+            error_type=type(exc).__name__,
+            error=str(exc)[:_ERROR_LIMIT],
+            retryable=retryable,
+        )
 
     async def _abandon(self, running: _Running) -> None:
         """The task's run was cancelled or failed while its handler ran, and the handler was cancelled: not a
@@ -577,9 +574,12 @@ class Worker:
             task.run_id,
             extra=self._task_fields(task),
         )
+        cancelled = None
         if wanted(TaskCancel):
-            emit(TaskCancel(at=time.time(), **self._task_meta(task), duration=self._ran(running)))
-        await self._report("fail_permanently", task, "cancelled: the run was cancelled or failed while the task ran")
+            cancelled = TaskCancel(at=time.time(), **self._task_meta(task), duration=self._ran(running))
+        await self._report(
+            "fail_permanently", task, "cancelled: the run was cancelled or failed while the task ran", cancelled
+        )
 
     def _cancel_run_id(self, text: str) -> None:
         try:
@@ -595,26 +595,33 @@ class Worker:
             if running.task.run_id in run_ids:
                 running.scope.cancel()
 
-    async def _report(self, kind: _Report, task: ClaimedTask, payload: str) -> None:
+    async def _report(self, kind: _Report, task: ClaimedTask, payload: str, outcome: Event | None = None) -> None:
         """complete_task (batched) or fail_task, retried while the connection is down; a complete_task the
         database rejects becomes a fail_task with its error. Recovery covers whatever still fails. When someone
-        listens for run.completed/run.failed, the report also says whether it ended the run."""
+        listens for run.completed/run.failed, the report also says whether it ended the run.
+
+        `outcome`, the attempt's outcome event, is emitted once the report is done: a report cancelled on shutdown
+        hands the task back instead (task.released), so an attempt has one outcome; a report that gives up emits
+        none (recovery settles the task)."""
         delay = 0.1
         where = f"{task.run_id}/{task.step_slug}[{task.task_index}]"
         for attempt in range(6):
             try:
                 if kind == "complete":
-                    await self._completer.complete(task, payload)
+                    await self._completer.complete(task, payload, outcome)
+                    return
                 else:
                     check = wanted(RunFail) or wanted(RunComplete)
                     report = fail if kind == "fail" else fail_permanently
-                    outcome = await self.db.run(
+                    ended = await self.db.run(
                         functools.partial(
                             report, worker_id=self.worker_id, task=task, payload=payload, check_ended=check
                         )
                     )
-                    emit_ended(outcome.ended)
-                return
+                    if outcome is not None:
+                        emit(outcome)
+                    emit_ended(ended.ended)
+                    return
             except ConnectionLost as exc:
                 log.warning(
                     "reporting task %s failed (%s); retry %d", where, exc, attempt + 1, extra=self._task_fields(task)
@@ -625,7 +632,7 @@ class Worker:
                 log.error("%s for %s failed: %s", _SQL_NAMES[kind], where, exc, extra=self._task_fields(task))
                 if kind != "complete":
                     return
-                kind, payload = "fail", f"complete_task failed: {exc}"[:_ERROR_LIMIT]
+                kind, payload, outcome = "fail", f"complete_task failed: {exc}"[:_ERROR_LIMIT], None
         log.error("gave up reporting task %s; recovery will requeue it", where, extra=self._task_fields(task))
 
     async def _release(self, running: _Running) -> None:

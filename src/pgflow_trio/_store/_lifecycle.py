@@ -116,3 +116,9 @@ async def ticks_served(con: RawConnection, *, flow_slug: str, ticks: list[dateti
         ticks,
     )
     return [r["served"] for r in rows]
+
+
+async def completed_at_start(con: RawConnection, *, run_id: uuid.UUID) -> bool:
+    """Whether a run just started is already completed (pgflow completes a run whose steps are all taskless, such
+    as maps over empty arrays, inside start_flow)."""
+    return bool(await con.fetchval("SELECT status = 'completed' FROM pgflow.runs WHERE run_id = $1", run_id))

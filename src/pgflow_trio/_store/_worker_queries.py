@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import datetime
 import json
+import logging
 import uuid
+from collections.abc import Collection
 from typing import Any
 
+import asyncpg
 import attrs
 
 from pgflow_trio._store import RawConnection, Record
 from pgflow_trio._store._lifecycle import EndedRun, runs_ended_at
+
+log = logging.getLogger("pgflow_trio.worker")
 
 
 @attrs.frozen
@@ -169,7 +174,7 @@ async def complete_many(
     )
     if not check_ended:
         return []
-    return await runs_ended_at(con, run_ids={t.run_id for t in tasks}, at=at)
+    return await _ended_after_commit(con, {t.run_id for t in tasks}, at)
 
 
 async def make_queued_visible(con: RawConnection, *, queue: str) -> None:
@@ -228,7 +233,7 @@ async def _fail_claimed(
     failed = bool(row["failed"])
     if not (failed and check_ended):
         return FailReport(failed)
-    return FailReport(failed, await runs_ended_at(con, run_ids=[task.run_id], at=row["at"]))
+    return FailReport(failed, await _ended_after_commit(con, [task.run_id], row["at"]))
 
 
 async def release(con: RawConnection, *, worker_id: uuid.UUID, tasks: list[ClaimedTask]) -> int:
@@ -242,3 +247,15 @@ async def release(con: RawConnection, *, worker_id: uuid.UUID, tasks: list[Claim
         [t.msg_id for t in tasks],
     )
     return released
+
+
+async def _ended_after_commit(
+    con: RawConnection, run_ids: Collection[uuid.UUID], at: datetime.datetime
+) -> list[EndedRun]:
+    """The runs the committed report ended, for run.completed/run.failed. The report is stored whatever happens
+    here: a failure of this follow-up only loses those events, so it is logged and not raised."""
+    try:
+        return await runs_ended_at(con, run_ids=run_ids, at=at)
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+        log.warning("reading which runs a report ended failed (%s); their run events are lost", exc)
+        return []
