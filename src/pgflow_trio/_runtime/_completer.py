@@ -24,6 +24,10 @@ log = logging.getLogger("pgflow_trio.worker")
 _MAX_BATCH = 100
 
 
+_FLUSH_LIMIT = 10.0
+"""Longest a batch of completions may take; beyond it the batch counts as not completed (recovery settles it)."""
+
+
 @attrs.define
 class _Pending:
     task: ClaimedTask
@@ -83,14 +87,20 @@ class Completer:
     async def _flush(self, batch: list[_Pending]) -> None:
         check = wanted(RunComplete) or wanted(RunFail)
         try:
-            ended = await self._db.run(
-                functools.partial(
-                    complete_many,
-                    tasks=[p.task for p in batch],
-                    payloads=[p.payload for p in batch],
-                    check_ended=check,
+            # A completion in flight finishes even when the worker stops (bounded): it may have committed already,
+            # and its outcome and run events must then still be told.
+            with trio.CancelScope(shield=True), trio.fail_after(_FLUSH_LIMIT):
+                ended = await self._db.run(
+                    functools.partial(
+                        complete_many,
+                        tasks=[p.task for p in batch],
+                        payloads=[p.payload for p in batch],
+                        check_ended=check,
+                    )
                 )
-            )
+        except trio.TooSlowError:
+            for item in batch:
+                item.error = ConnectionLost(f"completing {len(batch)} tasks took over {_FLUSH_LIMIT:g}s")
         except ConnectionLost as exc:
             for item in batch:
                 item.error = exc
