@@ -68,15 +68,16 @@ async def read_and_claim_unless_paused(
 ) -> PausableRead:
     """`read_and_claim`, reading nothing while the queue is paused.
 
-    Notify mode reads and starts the tasks in one statement (`pgflow_trio.read_unless_paused` inside
-    `pgflow.start_tasks`). Poll mode long-polls in a statement of its own
-    (`pgflow_trio.read_with_poll_unless_paused`, which looks at the pause again every `poll_interval_ms`, so a
-    pause committed during the poll stops it from reading within one interval); start_tasks stamps `started_at =
-    now()`, which must not precede the task's `queued_at`. When nothing was read, one more statement says whether
+    Notify mode reads and starts the tasks in one statement (`pgflow_trio.read_to_start` inside
+    `pgflow.start_tasks`; it hands back what was queued after the statement's transaction began, see schema 10).
+    Poll mode long-polls in a statement of its own (`pgflow_trio.read_with_poll_unless_paused`, which looks at the
+    pause again every `poll_interval_ms`, so a pause committed during the poll stops it from reading within one
+    interval); start_tasks stamps `started_at = now()`, which must not precede the task's `queued_at`. When
+    nothing was read, one more statement says whether
     the queue is paused (and, if asked, when the next invisible message becomes visible)."""
     if poll_seconds is None:
         rows = await con.fetch(
-            _CLAIM.format(ids="pgflow_trio.read_unless_paused($1, $3, $4)"), queue, worker_id, visibility, qty
+            _CLAIM.format(ids="pgflow_trio.read_to_start($1, $3, $4)"), queue, worker_id, visibility, qty
         )
     else:
         ids: list[int] = await con.fetchval(

@@ -108,7 +108,8 @@ async def read_and_claim(
 ) -> ReadResult:
     """Read up to `qty` messages and start their tasks, then fetch their attempt numbers.
 
-    Notify mode reads with `pgmq.read` inside the `pgflow.start_tasks(...)` call: one statement. Poll mode must
+    Notify mode reads with `pgflow_trio.read_to_start` (schema 10) inside the `pgflow.start_tasks(...)` call: one
+    statement. Poll mode must
     long-poll (`pgmq.read_with_poll`) in a statement of its own: start_tasks stamps `started_at = now()`, the start
     of its transaction, which must not precede the task's `queued_at` (a check constraint)."""
     claim = (
@@ -117,7 +118,7 @@ async def read_and_claim(
     )
     if poll_seconds is None:
         rows = await con.fetch(
-            claim.format(ids="ARRAY(SELECT msg_id FROM pgmq.read($1, $3, $4))"), queue, worker_id, visibility, qty
+            claim.format(ids="pgflow_trio.read_to_start($1, $3, $4, false)"), queue, worker_id, visibility, qty
         )
     else:
         ids = await con.fetch(
