@@ -12,7 +12,7 @@ import pytest
 
 import pgflow_trio
 
-PUBLIC_SUBMODULES: frozenset[str] = frozenset({"testing", "events"})
+PUBLIC_SUBMODULES: frozenset[str] = frozenset({"testing", "events", "dashboard"})
 
 
 def _public() -> list[str]:

@@ -22,6 +22,7 @@ from typing import Any
 import attrs
 import trio
 
+from pgflow_trio._cli._dashboard import add_dashboard_parser, run_dashboard
 from pgflow_trio._cli._demo import run_demo
 from pgflow_trio._cli._targets import load_object, load_spec, load_target
 from pgflow_trio._client._admin import check_schema, install_schema
@@ -390,6 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="run the order demo end to end (embedded PostgreSQL by default)")
     demo.add_argument("--runs", type=_int_between(1, 1000), default=20, help="how many runs to start (default 20)")
     _add_database_options(demo)
+
+    add_dashboard_parser(commands, _add_database_options)
 
     compile_ = commands.add_parser("compile", help="print the SQL that creates a flow (as @pgflow/dsl compiles it)")
     compile_.add_argument("target", help="package.module:Attr, path/to/file.py:Attr, or a .json spec file")
@@ -971,6 +974,8 @@ async def _run(args: argparse.Namespace) -> int:
     if args.command == "demo":
         completed = await run_demo(args.runs, args.dsn, args.data_dir, connect_timeout=_connect_timeout(args))
         return 0 if completed == args.runs else 1
+    if args.command == "dashboard":
+        return await run_dashboard(args)
     if args.command == "compile":
         flow, _ = load_target(args.target)
         for statement in compile_flow(flow):

@@ -1,0 +1,13 @@
+"""Live updates: Server-Sent Events fed by the engine's one event listener.
+
+Skeleton: no routes until the module is written."""
+
+from __future__ import annotations
+
+from starlette.routing import BaseRoute
+
+from pgflow_trio._dashboard._state import Dashboard
+
+
+def routes(dash: Dashboard) -> list[BaseRoute]:
+    return []

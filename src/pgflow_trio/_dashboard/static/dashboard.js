@@ -1,0 +1,1 @@
+// Live updates for the dashboard (written with the live module). No inline scripts anywhere: CSP forbids them.
