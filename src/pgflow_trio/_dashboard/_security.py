@@ -99,7 +99,8 @@ class Security:
         self.secret = secret or secrets.token_bytes(32)
 
     # ---- CSRF ---------------------------------------------------------------------------------------------
-    def _sign(self, browser_id: str) -> str:
+    def token_for(self, browser_id: str) -> str:
+        """The CSRF token of the browser whose CSRF cookie holds `browser_id`."""
         return hmac.new(self.secret, browser_id.encode(), hashlib.sha256).hexdigest()
 
     def _browser_id(self, request: Request) -> str:
@@ -115,14 +116,14 @@ class Security:
 
     def csrf_token(self, request: Request) -> str:
         """The token a form of this page must send back with its POST."""
-        return self._sign(self._browser_id(request))
+        return self.token_for(self._browser_id(request))
 
     def csrf_valid(self, cookies: dict[str, str], token: str | None) -> bool:
         """Whether `token` belongs to the browser holding these cookies (constant time)."""
         browser_id = cookies.get(CSRF_COOKIE)
         if not browser_id or not token:
             return False
-        return hmac.compare_digest(self._sign(browser_id).encode(), token.encode())
+        return hmac.compare_digest(self.token_for(browser_id).encode(), token.encode())
 
     def finish(self, request: Request, response: Response) -> None:
         """Set what a rendered page needs on its response: the CSRF cookie for a browser that had none."""
