@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -13,7 +16,15 @@ from typing import Any
 
 import attrs
 import httpx
+import hypercorn.config
+import hypercorn.trio
+import jinja2
+import pytest
 import trio
+import trio.lowlevel
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from pgflow_trio import Engine, Flow, open_engine, step
 from pgflow_trio._client._events import Change, EventHub, Resync, _Resync, offer
@@ -214,3 +225,82 @@ async def test_offer_keeps_the_last_slot_for_the_resync() -> None:
     assert [receiver.receive_nowait() for _ in range(3)] == [0, 1, "resync"]
     offer(sender, 9, "resync")
     assert receiver.receive_nowait() == 9
+
+
+BROWSE = """
+import json, sys
+from playwright.sync_api import sync_playwright
+
+url, expected, chromium = sys.argv[1:4]
+with sync_playwright() as playwright:
+    browser = playwright.chromium.launch(executable_path=chromium)
+    page = browser.new_page()
+    errors = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" and "to load" not in m.text else None)
+    page.on("response", lambda r: errors.append(r.url) if r.status >= 400 and "favicon" not in r.url else None)
+    page.goto(url)
+    page.wait_for_selector('#live-status[data-state="on"]', timeout=10_000)
+    page.click("#kept summary")  # the user opens it; the server renders it closed
+    print("live", flush=True)
+    before = page.evaluate("document.getElementById('kept').open")
+    page.wait_for_selector(f"main h1:text-is({json.dumps(expected)})", timeout=10_000)
+    after = page.evaluate("document.getElementById('kept').open")
+    print(json.dumps([before, after, errors]), flush=True)
+    browser.close()
+"""
+"""Open a page in headless Chromium (in its own process: Playwright runs asyncio); say when it is live, then wait
+until its heading reads what is expected after a live update; print whether the open <details> stayed open, and
+the console errors (a CSP violation shows there)."""
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Chromium at /usr/bin/chromium")
+async def test_in_a_browser_a_change_swaps_main_and_keeps_open_details(dsn: str) -> None:
+    """dashboard.js under the real CSP: the stream goes live, a run starting refreshes <main> in place (a probe page
+    showing the number of runs), and a <details> the user opened stays open."""
+    pytest.importorskip("playwright")
+    with trio.fail_after(90):
+        async with open_engine(dsn) as engine, trio.open_nursery() as nursery:
+            await engine.upsert_flow(Gated)
+            app = create_app(engine)
+            dash = app.state.dashboard
+
+            async def probe(request: Request) -> Response:
+                count = len((await engine.list_runs(limit=100)).runs)
+                return dash.render(request, "probe.html", {"heading": f"{count} runs"}, topics="runs")
+
+            app.router.routes.insert(0, Route("/probe", probe))
+            dash.templates.env.loader = jinja2.ChoiceLoader(
+                [
+                    jinja2.DictLoader(
+                        {
+                            "probe.html": '{% extends "base.html" %}{% block main %}<h1>{{ heading }}</h1>'
+                            '<details id="kept"><summary>more</summary></details>{% endblock %}'
+                        }
+                    ),
+                    dash.templates.env.loader,
+                ]
+            )
+            config = hypercorn.config.Config()
+            config.bind = ["127.0.0.1:0"]
+            binds = await nursery.start(functools.partial(hypercorn.trio.serve, app, config))
+            url = binds[0] + "/probe"
+
+            process = await trio.lowlevel.open_process(
+                [sys.executable, "-c", BROWSE, url, "1 runs", CHROMIUM], stdout=subprocess.PIPE
+            )
+            assert process.stdout is not None
+            output = b""
+            while b"live\n" not in output:
+                output += await process.stdout.receive_some()
+            await engine.start(Gated, 1)
+            while not output.endswith(b"]\n"):
+                chunk = await process.stdout.receive_some()
+                assert chunk, output
+                output += chunk
+            assert await process.wait() == 0
+            before, after, errors = json.loads(output.splitlines()[-1])
+            assert (before, after) == (True, True)
+            assert errors == []
+            nursery.cancel_scope.cancel()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import hypercorn.config
 import hypercorn.trio
 import trio
@@ -65,7 +67,7 @@ async def serve_dashboard(
     config = hypercorn.config.Config()
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.accesslog = None
-    config.errorlog = None
+    config.errorlog = logging.getLogger("pgflow_trio.dashboard")  # errors of pages are logged, not lost
 
     async def serve(*, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
         await hypercorn.trio.serve(app, config, task_status=task_status)  # type: ignore[arg-type]
