@@ -1,18 +1,105 @@
-"""`python -m pgflow_trio dashboard`: serve the live dashboard (extra `dashboard`).
+"""`python -m pgflow_trio dashboard`: serve the live dashboard (extra `dashboard`), and `demo --dashboard`.
 
-Skeleton: the command exists; serving is written with the dashboard's security rules."""
+Serves until SIGINT or SIGTERM, then shuts down cleanly. Binding beyond loopback needs --token (or
+$PGFLOW_DASHBOARD_TOKEN) unless --no-auth is given explicitly.
+"""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+import functools
+import os
+import sys
+from collections.abc import Callable, Sequence
 from typing import Any
+
+import trio
+
+from pgflow_trio._cli._demo import run_demo, until_signalled
+
+TOKEN_ENV = "PGFLOW_DASHBOARD_TOKEN"
+MISSING_EXTRA = (
+    "error: the dashboard needs the `dashboard` extra (Starlette, Jinja2, Hypercorn): "
+    "pip install 'pgflow-trio[dashboard]'"
+)
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0..65535 (0: any free port), got {value}")
+    return value
+
+
+class _DemoWithDashboard(argparse.Action):
+    """`demo --dashboard`: the demo, with the dashboard open on its database (run by `run_dashboard`)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, **kwargs)
+
+    def __call__(self, parser: Any, namespace: argparse.Namespace, values: Any, option_string: Any = None) -> None:
+        namespace.command = "dashboard"
+        namespace.demo = True
 
 
 def add_dashboard_parser(commands: Any, add_database_options: Callable[[argparse.ArgumentParser], None]) -> None:
     dashboard = commands.add_parser("dashboard", help="serve the live dashboard in a browser (extra `dashboard`)")
     add_database_options(dashboard)
+    dashboard.add_argument("--host", default="127.0.0.1", help="the address to bind (default 127.0.0.1)")
+    dashboard.add_argument("--port", type=_port, default=8080, help="the port (default 8080; 0: any free port)")
+    auth = dashboard.add_mutually_exclusive_group()
+    auth.add_argument("--token", help=f"the shared secret a browser must give once (default: ${TOKEN_ENV})")
+    auth.add_argument(
+        "--no-auth", action="store_true", help="serve beyond loopback without a token (access protected otherwise)"
+    )
+    dashboard.add_argument("--read-only", action="store_true", help="hide and refuse every action")
+    dashboard.set_defaults(demo=False)
+
+    demo = commands.choices.get("demo")
+    if demo is not None:
+        demo.add_argument(
+            "--dashboard",
+            action=_DemoWithDashboard,
+            help="keep the dashboard open on the demo's database (started before the runs; Ctrl-C ends it)",
+        )
+        demo.add_argument("--port", type=_port, default=8080, help="the dashboard's port with --dashboard")
 
 
 async def run_dashboard(args: argparse.Namespace) -> int:
-    raise NotImplementedError
+    try:
+        from pgflow_trio._dashboard import serve_dashboard
+    except ImportError:
+        print(MISSING_EXTRA, file=sys.stderr)
+        return 2
+    if getattr(args, "demo", False):
+        connect_timeout = getattr(args, "connect_timeout", None)
+        completed = await run_demo(
+            args.runs, args.dsn, args.data_dir, connect_timeout=connect_timeout, dashboard_port=args.port
+        )
+        return 0 if completed == args.runs else 1
+    from pgflow_trio._client._engine import open_engine
+    from pgflow_trio._dashboard._security import check_binding
+
+    token = args.token if args.token is not None else os.environ.get(TOKEN_ENV) or None
+    check_binding(args.host, token=token, no_auth=args.no_auth)  # ConfigurationError: exit code 2 with the reason
+    options: dict[str, Any] = {"data_dir": args.data_dir}
+    if getattr(args, "connect_timeout", None) is not None:
+        options["connect_timeout"] = args.connect_timeout
+    async with open_engine(args.dsn, **options) as engine, trio.open_nursery() as nursery:
+        serve = functools.partial(
+            serve_dashboard,
+            engine,
+            host=args.host,
+            port=args.port,
+            token=token,
+            no_auth=args.no_auth,
+            read_only=args.read_only,
+        )
+        url = await nursery.start(serve)
+        print(f"dashboard at {url}", flush=True)
+        await until_signalled()
+        nursery.cancel_scope.cancel()
+    return 0

@@ -10,6 +10,7 @@ import contextlib
 import functools
 import logging
 import random
+import signal
 import sys
 import uuid
 from collections.abc import Iterator
@@ -113,17 +114,33 @@ async def run_demo(
     data_dir: Path | None = None,
     out: TextIO = sys.stdout,
     connect_timeout: float | None = None,
+    dashboard_port: int | None = None,
 ) -> int:
-    """Run the demo; returns the number of runs that completed."""
+    """Run the demo; returns the number of runs that completed. With `dashboard_port`, the dashboard is served on
+    127.0.0.1 (its URL printed first, before the runs start, so they can be watched moving) and stays open after
+    the runs until SIGINT or SIGTERM."""
     with _quiet_logs():
-        return await _demo(runs, dsn, data_dir, out, connect_timeout)
+        return await _demo(runs, dsn, data_dir, out, connect_timeout, dashboard_port)
 
 
-async def _demo(runs: int, dsn: str | None, data_dir: Path | None, out: TextIO, connect_timeout: float | None) -> int:
+async def _demo(
+    runs: int,
+    dsn: str | None,
+    data_dir: Path | None,
+    out: TextIO,
+    connect_timeout: float | None,
+    dashboard_port: int | None,
+) -> int:
     resolved = await resolve_dsn(dsn, data_dir=data_dir)
     print("installing the schema (if needed)...", file=out)
     await install_schema(resolved, connect_timeout=connect_timeout)
     async with open_engine(resolved, connect_timeout=connect_timeout) as engine, trio.open_nursery() as nursery:
+        url = None
+        if dashboard_port is not None:
+            from pgflow_trio._dashboard import serve_dashboard
+
+            url = await nursery.start(functools.partial(serve_dashboard, engine, port=dashboard_port))
+            print(f"dashboard at {url}", file=out, flush=True)
         outcome = await engine.upsert_flow(DemoOrder)
         if outcome != "unchanged":
             print(f"flow {DemoOrder.__pgflow__.slug}: {outcome}", file=out)
@@ -181,5 +198,16 @@ async def _demo(runs: int, dsn: str | None, data_dir: Path | None, out: TextIO, 
             note = "".join(f"  ({note})" for note in retried.get(handle.run_id, []))
             print(f"  order {order_id:3}: {outcomes[order_id]}{note}", file=out)
         group.stop()
-    print(f"{done}/{runs} runs completed", file=out)
+        print(f"{done}/{runs} runs completed", file=out, flush=True)
+        if url is not None:
+            print(f"the dashboard stays open at {url}; Ctrl-C ends it", file=out, flush=True)
+            await until_signalled()
+            nursery.cancel_scope.cancel()
     return done
+
+
+async def until_signalled() -> None:
+    """Return on SIGINT or SIGTERM (the process then shuts down cleanly instead of dying)."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for _ in signals:
+            return

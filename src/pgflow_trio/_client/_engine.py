@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import functools
 import math
@@ -15,7 +16,7 @@ import attrs
 import trio
 
 from pgflow_trio._client import _control as control
-from pgflow_trio._client._events import EventHub, _Resync
+from pgflow_trio._client._events import Change, EventHub, Resync, _Resync
 from pgflow_trio._client._manage import (
     delete_flow,
     flow_exists,
@@ -540,6 +541,13 @@ class Engine(_Starter):
                 yield event
                 if isinstance(event, RunEvent) and event.event in _FINAL:
                     return
+
+    def changes(self) -> contextlib.AbstractAsyncContextManager[trio.MemoryReceiveChannel[Change | Resync]] | None:
+        """Every run's changes as they happen (`async with engine.changes() as changes`), for live views; None when
+        the engine has no events (events=False, or its listener is not running): then re-read on a timer."""
+        if not (self.options.events and self._hub.connected):
+            return None
+        return self._hub.subscribe_all()
 
     # ---- operating runs (cancel, retry in place, rerun) ---------------------------------------------------
     async def cancel_run(

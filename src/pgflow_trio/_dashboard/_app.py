@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+
+import hypercorn.config
+import hypercorn.trio
+import trio
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute, Mount
 from starlette.staticfiles import StaticFiles
@@ -9,6 +14,7 @@ from starlette.staticfiles import StaticFiles
 from pgflow_trio._client._engine import Engine
 from pgflow_trio._dashboard import _actions, _live, _ops_pages, _run_pages
 from pgflow_trio._dashboard._config import AuthHook, DashboardConfig
+from pgflow_trio._dashboard._security import check_binding
 from pgflow_trio._dashboard._state import Dashboard
 
 
@@ -35,7 +41,9 @@ def create_app(
         *_actions.routes(dash),
         Mount("/static", StaticFiles(packages=[("pgflow_trio._dashboard", "static")]), name="static"),
     ]
-    return Starlette(routes=routes, middleware=dash.security.middleware())
+    app = Starlette(routes=routes, middleware=dash.security.middleware())
+    app.state.dashboard = dash
+    return app
 
 
 async def serve_dashboard(
@@ -45,7 +53,25 @@ async def serve_dashboard(
     port: int = 8080,
     read_only: bool = False,
     token: str | None = None,
+    auth: AuthHook | None = None,
     no_auth: bool = False,
+    refresh_seconds: float = 5.0,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve the dashboard until cancelled. Skeleton: completed with the security rules."""
-    raise NotImplementedError
+    """Serve the dashboard with Hypercorn until cancelled (open pages and event streams end with it).
+
+    `task_status.started(url)` gives its address (the real port when `port=0`). Binding beyond loopback needs
+    `token` or `auth`, or an explicit `no_auth=True`, else ConfigurationError."""
+    check_binding(host, token=token, auth=auth, no_auth=no_auth)
+    app = create_app(engine, read_only=read_only, token=token, auth=auth, refresh_seconds=refresh_seconds)
+    config = hypercorn.config.Config()
+    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    config.accesslog = None
+    config.errorlog = logging.getLogger("pgflow_trio.dashboard")  # errors of pages are logged, not lost
+
+    async def serve(*, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
+        await hypercorn.trio.serve(app, config, task_status=task_status)  # type: ignore[arg-type]
+
+    async with trio.open_nursery() as nursery:
+        binds: list[str] = await nursery.start(serve)
+        task_status.started(binds[0].rstrip("/") + "/")

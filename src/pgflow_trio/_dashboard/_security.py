@@ -1,30 +1,302 @@
 """Who may see the dashboard and how actions are protected: token or auth hook, CSRF tokens, security headers.
 
-Skeleton: every request is allowed and the CSRF token is empty until this module is complete."""
+- Authentication: a shared token (`Authorization: Bearer <token>`, or `?token=<token>` once, which sets an HttpOnly
+  SameSite=Strict cookie and redirects to the same URL without it), or an auth hook deciding per request.
+- CSRF: a signed double-submit token. The browser holds a random id in an HttpOnly cookie; forms carry
+  HMAC(app secret, id). Every POST must send it back (form field `csrf_token` or header `X-CSRF-Token`).
+- Headers on every response: a Content-Security-Policy without inline scripts or styles, nosniff, same-origin
+  referrers.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import hashlib
+import hmac
+import inspect
+import ipaddress
+import secrets
+import urllib.parse
+from typing import TYPE_CHECKING, Any, cast
 
+import jinja2
+from starlette.datastructures import URL
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from pgflow_trio._exceptions import ConfigurationError
 
 if TYPE_CHECKING:
     from pgflow_trio._dashboard._config import DashboardConfig
 
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
+)
+HEADERS: tuple[tuple[bytes, bytes], ...] = (
+    (b"content-security-policy", CSP.encode()),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"same-origin"),
+)
+SESSION_COOKIE = "pgflow_dashboard_session"
+CSRF_COOKIE = "pgflow_dashboard_csrf"
+CSRF_FIELD = "csrf_token"
+CSRF_HEADER = "x-csrf-token"
+MAX_FORM_BYTES = 64 * 1024
+"""Dashboard forms are a few hidden fields; a bigger POST body is refused."""
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` only accepts connections from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_binding(host: str, *, token: str | None, auth: object | None = None, no_auth: bool = False) -> None:
+    """Refuse to serve the dashboard beyond this machine without protection: ConfigurationError unless the host is
+    a loopback address, a token or auth hook is given, or `no_auth` says so explicitly."""
+    if token is not None and not token:
+        raise ConfigurationError("the dashboard token is empty: give a non-empty --token, or leave it out")
+    if token and no_auth:
+        raise ConfigurationError("--token and --no-auth contradict each other: give one of them")
+    if is_loopback(host) or token or auth is not None or no_auth:
+        return
+    raise ConfigurationError(
+        f"refusing to serve the dashboard on {host} without authentication: anyone who can reach it could see and "
+        "operate your runs. Give --token T (or token=/auth= in code), or --no-auth if access is protected otherwise"
+    )
+
+
+def _denied_page(status: int, message: str) -> HTMLResponse:
+    template = _denied_template()
+    return HTMLResponse(template.render(status=status, message=message), status_code=status)
+
+
+_TEMPLATES: list[jinja2.Template] = []
+
+
+def _denied_template() -> jinja2.Template:
+    if not _TEMPLATES:
+        env = jinja2.Environment(
+            loader=jinja2.PackageLoader("pgflow_trio._dashboard", "templates"),
+            autoescape=True,
+            undefined=jinja2.StrictUndefined,
+        )
+        _TEMPLATES.append(env.get_template("denied.html"))
+    return _TEMPLATES[0]
+
 
 class Security:
-    def __init__(self, config: DashboardConfig) -> None:
+    """The dashboard's security rules, with a secret of its own (CSRF tokens do not survive a restart)."""
+
+    def __init__(self, config: DashboardConfig, secret: bytes | None = None) -> None:
         self.config = config
+        self.secret = secret or secrets.token_bytes(32)
+
+    # ---- CSRF ---------------------------------------------------------------------------------------------
+    def token_for(self, browser_id: str) -> str:
+        """The CSRF token of the browser whose CSRF cookie holds `browser_id`."""
+        return hmac.new(self.secret, browser_id.encode(), hashlib.sha256).hexdigest()
+
+    def _browser_id(self, request: Request) -> str:
+        """The browser's CSRF id: its cookie, or a new one (set on the response by `finish`)."""
+        known = request.cookies.get(CSRF_COOKIE)
+        if known and len(known) <= 128:
+            return known
+        fresh = getattr(request.state, "csrf_new_id", None)
+        if fresh is None:
+            fresh = secrets.token_urlsafe(24)
+            request.state.csrf_new_id = fresh
+        return str(fresh)
 
     def csrf_token(self, request: Request) -> str:
         """The token a form of this page must send back with its POST."""
-        return ""
+        return self.token_for(self._browser_id(request))
+
+    def csrf_valid(self, cookies: dict[str, str], token: str | None) -> bool:
+        """Whether `token` belongs to the browser holding these cookies (constant time)."""
+        browser_id = cookies.get(CSRF_COOKIE)
+        if not browser_id or not token:
+            return False
+        return hmac.compare_digest(self.token_for(browser_id).encode(), token.encode())
 
     def finish(self, request: Request, response: Response) -> None:
-        """Set what a rendered page needs on its response (cookies)."""
+        """Set what a rendered page needs on its response: the CSRF cookie for a browser that had none."""
+        fresh = getattr(request.state, "csrf_new_id", None)
+        if fresh is not None:
+            response.set_cookie(
+                CSRF_COOKIE, str(fresh), path=_cookie_path(request.scope), httponly=True, samesite="strict"
+            )
+
+    # ---- authentication -----------------------------------------------------------------------------------
+    def session_value(self) -> str:
+        """What the session cookie holds once the token was given: derived from the token, never the token."""
+        assert self.config.token
+        return hmac.new(self.config.token.encode(), b"pgflow_trio dashboard session", hashlib.sha256).hexdigest()
 
     def middleware(self) -> list[Middleware]:
-        """The application's middleware: authentication, CSRF checks, security headers."""
-        return []
+        """The application's middleware, outermost first: security headers, authentication, CSRF checks."""
+        return [
+            Middleware(_HeadersMiddleware),
+            Middleware(_AuthMiddleware, security=self),
+            Middleware(_CsrfMiddleware, security=self),
+        ]
+
+
+def _cookie_path(scope: Scope) -> str:
+    return str(scope.get("root_path", "")).rstrip("/") or "/"
+
+
+class _HeadersMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                names = {name.lower() for name, _ in message.get("headers", [])}
+                extra = [(n, v) for n, v in HEADERS if n not in names]
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+class _AuthMiddleware:
+    """401 unless the request carries the token (bearer, session cookie, or `?token=` once) or the hook agrees."""
+
+    def __init__(self, app: ASGIApp, security: Security) -> None:
+        self.app = app
+        self.security = security
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        config = self.security.config
+        if scope["type"] != "http" or (config.token is None and config.auth is None) or _is_static(scope):
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        response = await self._decide(request)
+        if response is None:
+            await self.app(scope, receive, send)
+        else:
+            await response(scope, receive, send)
+
+    async def _decide(self, request: Request) -> Response | None:
+        """None to let the request through, else the response to send instead."""
+        token = self.security.config.token
+        if token:
+            expected = token.encode()
+            given = request.query_params.get("token")
+            if given is not None:
+                if not hmac.compare_digest(given.encode(), expected):
+                    return _denied_page(401, "The token in the address is wrong.")
+                return self._login_redirect(request)
+            bearer = request.headers.get("authorization", "")
+            scheme, _, credentials = bearer.partition(" ")
+            if scheme.lower() == "bearer" and hmac.compare_digest(credentials.strip().encode(), expected):
+                return None
+            session = request.cookies.get(SESSION_COOKIE, "")
+            if hmac.compare_digest(session.encode(), self.security.session_value().encode()):
+                return None
+        hook = self.security.config.auth
+        if hook is not None:
+            verdict = hook(request)
+            if inspect.isawaitable(verdict):
+                verdict = await verdict
+            if verdict is True:
+                return None
+        return _denied_page(
+            401, "This dashboard needs a token: open it once with ?token=<token>, or send Authorization: Bearer."
+        )
+
+    def _login_redirect(self, request: Request) -> Response:
+        """Set the session cookie and send the browser to the same address without the token in it."""
+        query = [(k, v) for k, v in request.query_params.multi_items() if k != "token"]
+        target = URL(str(request.url)).replace(query=urllib.parse.urlencode(query))
+        location = target.path + (f"?{target.query}" if target.query else "")
+        response = RedirectResponse(location, status_code=303)
+        response.set_cookie(
+            SESSION_COOKIE,
+            self.security.session_value(),
+            path=_cookie_path(request.scope),
+            httponly=True,
+            samesite="strict",
+        )
+        return response
+
+
+def _is_static(scope: Scope) -> bool:
+    root = str(scope.get("root_path", "")).rstrip("/")
+    path = str(scope.get("path", ""))
+    return path.removeprefix(root).startswith("/static/")
+
+
+class _CsrfMiddleware:
+    """Every POST must carry the browser's CSRF token (form field or header), else 403. The body is read here and
+    handed on unchanged to the application."""
+
+    def __init__(self, app: ASGIApp, security: Security) -> None:
+        self.app = app
+        self.security = security
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        body = await _read_body(receive)
+        if body is None:
+            await _denied_page(413, "The form is too large.")(scope, receive, send)
+            return
+        token = request.headers.get(CSRF_HEADER) or _form_field(request, body, CSRF_FIELD)
+        if not self.security.csrf_valid(dict(request.cookies), token):
+            message = "The form's security token is missing or out of date: go back, reload the page and try again."
+            await _denied_page(403, message)(scope, receive, send)
+            return
+        await self.app(scope, _replay(body, receive), send)
+
+
+async def _read_body(receive: Receive) -> bytes | None:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_FORM_BYTES:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+def _form_field(request: Request, body: bytes, name: str) -> str | None:
+    if request.headers.get("content-type", "").split(";")[0].strip() != "application/x-www-form-urlencoded":
+        return None
+    values = urllib.parse.parse_qs(body.decode("utf-8", errors="replace"), keep_blank_values=True).get(name)
+    return values[0] if values else None
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    sent = False
+
+    async def replayed() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return cast(dict[str, Any], await receive())
+
+    return replayed
