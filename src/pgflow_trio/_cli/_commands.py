@@ -22,7 +22,7 @@ from typing import Any
 import attrs
 import trio
 
-from pgflow_trio._cli._dashboard import add_dashboard_parser, run_dashboard
+from pgflow_trio._cli._dashboard import add_dashboard_parser, missing_extra, port_number, run_dashboard
 from pgflow_trio._cli._demo import run_demo
 from pgflow_trio._cli._targets import load_object, load_spec, load_target
 from pgflow_trio._client._admin import check_schema, install_schema
@@ -390,6 +390,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="run the order demo end to end (embedded PostgreSQL by default)")
     demo.add_argument("--runs", type=_int_between(1, 1000), default=20, help="how many runs to start (default 20)")
+    demo.add_argument(
+        "--dashboard",
+        action="store_true",
+        help="keep the dashboard open on the demo's database (started before the runs; Ctrl-C ends it)",
+    )
+    demo.add_argument("--port", type=port_number, default=8080, help="the dashboard's port with --dashboard")
     _add_database_options(demo)
 
     add_dashboard_parser(commands, _add_database_options)
@@ -972,7 +978,15 @@ async def _run(args: argparse.Namespace) -> int:
     if args.command == "cron":
         return await _cron(args)
     if args.command == "demo":
-        completed = await run_demo(args.runs, args.dsn, args.data_dir, connect_timeout=_connect_timeout(args))
+        if args.dashboard and missing_extra():
+            return 2
+        completed = await run_demo(
+            args.runs,
+            args.dsn,
+            args.data_dir,
+            connect_timeout=_connect_timeout(args),
+            dashboard_port=args.port if args.dashboard else None,
+        )
         return 0 if completed == args.runs else 1
     if args.command == "dashboard":
         return await run_dashboard(args)

@@ -1,4 +1,4 @@
-"""`python -m pgflow_trio dashboard`: serve the live dashboard (extra `dashboard`), and `demo --dashboard`.
+"""`python -m pgflow_trio dashboard`: serve the live dashboard (extra `dashboard`).
 
 Serves until SIGINT or SIGTERM, then shuts down cleanly. Binding beyond loopback needs --token (or
 $PGFLOW_DASHBOARD_TOKEN) unless --no-auth is given explicitly.
@@ -10,12 +10,12 @@ import argparse
 import functools
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import trio
 
-from pgflow_trio._cli._demo import run_demo, until_signalled
+from pgflow_trio._cli._demo import until_signalled
 
 TOKEN_ENV = "PGFLOW_DASHBOARD_TOKEN"
 MISSING_EXTRA = (
@@ -24,7 +24,7 @@ MISSING_EXTRA = (
 )
 
 
-def _port(text: str) -> int:
+def port_number(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -34,38 +34,27 @@ def _port(text: str) -> int:
     return value
 
 
-class _DemoWithDashboard(argparse.Action):
-    """`demo --dashboard`: the demo, with the dashboard open on its database (run by `run_dashboard`)."""
-
-    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
-        super().__init__(option_strings, dest, nargs=0, **kwargs)
-
-    def __call__(self, parser: Any, namespace: argparse.Namespace, values: Any, option_string: Any = None) -> None:
-        namespace.command = "dashboard"
-        namespace.demo = True
-
-
 def add_dashboard_parser(commands: Any, add_database_options: Callable[[argparse.ArgumentParser], None]) -> None:
     dashboard = commands.add_parser("dashboard", help="serve the live dashboard in a browser (extra `dashboard`)")
     add_database_options(dashboard)
     dashboard.add_argument("--host", default="127.0.0.1", help="the address to bind (default 127.0.0.1)")
-    dashboard.add_argument("--port", type=_port, default=8080, help="the port (default 8080; 0: any free port)")
+    dashboard.add_argument("--port", type=port_number, default=8080, help="the port (default 8080; 0: any free port)")
     auth = dashboard.add_mutually_exclusive_group()
     auth.add_argument("--token", help=f"the shared secret a browser must give once (default: ${TOKEN_ENV})")
     auth.add_argument(
         "--no-auth", action="store_true", help="serve beyond loopback without a token (access protected otherwise)"
     )
     dashboard.add_argument("--read-only", action="store_true", help="hide and refuse every action")
-    dashboard.set_defaults(demo=False)
 
-    demo = commands.choices.get("demo")
-    if demo is not None:
-        demo.add_argument(
-            "--dashboard",
-            action=_DemoWithDashboard,
-            help="keep the dashboard open on the demo's database (started before the runs; Ctrl-C ends it)",
-        )
-        demo.add_argument("--port", type=_port, default=8080, help="the dashboard's port with --dashboard")
+
+def missing_extra() -> bool:
+    """Whether the `dashboard` extra is missing (then the reason is printed)."""
+    try:
+        import pgflow_trio._dashboard  # noqa: F401
+    except ImportError:
+        print(MISSING_EXTRA, file=sys.stderr)
+        return True
+    return False
 
 
 async def run_dashboard(args: argparse.Namespace) -> int:
@@ -74,12 +63,6 @@ async def run_dashboard(args: argparse.Namespace) -> int:
     except ImportError:
         print(MISSING_EXTRA, file=sys.stderr)
         return 2
-    if getattr(args, "demo", False):
-        connect_timeout = getattr(args, "connect_timeout", None)
-        completed = await run_demo(
-            args.runs, args.dsn, args.data_dir, connect_timeout=connect_timeout, dashboard_port=args.port
-        )
-        return 0 if completed == args.runs else 1
     from pgflow_trio._client._engine import open_engine
     from pgflow_trio._dashboard._security import check_binding
 
