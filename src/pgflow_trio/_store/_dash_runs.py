@@ -78,7 +78,8 @@ async def flow_stats(con: RawConnection, *, since: datetime.datetime, jobs: bool
                       count(c.run_id) AS cancelled,
                       extract(epoch FROM avg(r.completed_at - r.started_at))::float8 AS avg_duration
                FROM pgflow.runs r LEFT JOIN pgflow_trio.run_cancellations c ON c.run_id = r.run_id
-               WHERE r.started_at >= $1 GROUP BY r.flow_slug
+               WHERE r.started_at >= $1 AND r.flow_slug IN (SELECT flow_slug FROM shape WHERE is_job = $3)
+               GROUP BY r.flow_slug
            ), running AS (
                SELECT flow_slug, count(*) AS running FROM pgflow.runs WHERE status = 'started' GROUP BY flow_slug
            )
