@@ -12,11 +12,12 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
+import pytest
 import trio
 
 from pgflow_trio import Context, Engine, Flow, Job, map_step, open_engine, step
 from pgflow_trio.dashboard import create_app
-from pgflow_trio.testing import drain
+from pgflow_trio.testing import DrainLimitExceeded, drain
 
 from .helpers import run_sql
 
@@ -366,3 +367,17 @@ async def test_flows_page_counts_runs_in_the_range(dsn: str) -> None:
             nums = re.findall(r'<td class="num">(?:<a [^>]*>)?([^<]*)', row.group(1))
             assert nums[1] == "2" and nums[4] == "1"  # runs; the old one is still running
             assert ids
+
+
+async def test_run_page_shows_map_progress_while_running(dsn: str) -> None:
+    with trio.fail_after(60):
+        async with dashboard(dsn) as (engine, client):
+            await drain(engine, Squares)
+            handle = await engine.start(Squares, [1, 2, 3])
+            with pytest.raises(DrainLimitExceeded):
+                await drain(engine, Squares, max_tasks=2)
+            page = await client.get(f"/runs/{handle.run_id}")
+            assert page.status_code == 200
+            assert 'status-started">started<' in page.text
+            assert re.search(r'<td class="num">2/3</td>', page.text)  # the steps table
+            assert 'action="/actions/runs/cancel"' in page.text
