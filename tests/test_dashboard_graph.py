@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from pgflow_trio import flow_from_spec
 from pgflow_trio._dashboard._graph import Graph, Node, StepMark, layout, marks_of, text_width
 from pgflow_trio._dashboard._state import environment
-from pgflow_trio._definitions._model import FlowDef, Options, StepDef
+from pgflow_trio._definitions._model import FlowDef, Options, StepDef, StepType
 from pgflow_trio._models import StepState
 
 SVG = "{http://www.w3.org/2000/svg}"
@@ -46,7 +46,8 @@ def dags(draw: st.DrawFn) -> FlowDef:
     steps = []
     for i, slug in enumerate(slugs):
         deps = draw(st.lists(st.sampled_from(slugs[:i]), unique=True, max_size=4)) if i else []
-        kind = draw(st.sampled_from(["single", "map"])) if len(deps) <= 1 else "single"
+        # a map step maps over the flow input or over its one dependency's array
+        kind: StepType = draw(st.sampled_from(["single", "map"])) if len(deps) <= 1 else "single"
         steps.append(StepDef(slug=slug, step_type=kind, deps=tuple(deps)))
     return FlowDef(slug="random", steps=tuple(steps))
 
