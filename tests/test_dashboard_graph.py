@@ -74,12 +74,18 @@ def test_random_dags_lay_out_without_overlaps_edges_pointing_right_inside_the_bo
     for edge in graph.edges:
         source, target = nodes[edge.source], nodes[edge.target]
         assert source.x + source.width < target.x
-        assert edge.points[0] == (source.x + source.width, source.y + source.height / 2)
-        assert edge.points[-1] == (target.x, target.y + target.height / 2)
+        (x0, y0), (x1, y1) = edge.points[0], edge.points[-1]
+        assert x0 == source.x + source.width and source.y < y0 < source.y + source.height, "from the right side"
+        assert x1 == target.x and target.y < y1 < target.y + target.height, "to the left side"
         xs = [x for x, _ in edge.points]
         assert xs == sorted(xs), "an edge runs left to right"
         for x, y in edge.points:
             assert 0 <= x <= graph.width and 0 <= y <= graph.height
+    for node in graph.nodes:
+        ends = sorted((e.points[-2][1], e.points[-1][1]) for e in graph.edges if e.target == node.slug)
+        assert [end for _, end in ends] == sorted({end for _, end in ends}), "entering edges spread, not crossing"
+        starts = sorted((e.points[1][1], e.points[0][1]) for e in graph.edges if e.source == node.slug)
+        assert [start for _, start in starts] == sorted({start for _, start in starts}), "leaving edges spread"
     assert layout(flow) == graph
 
 

@@ -30,6 +30,10 @@ NODE_GAP = 18.0
 WAYPOINT_HEIGHT = 8.0
 """The vertical room a long edge takes where it passes through a layer."""
 SWEEPS = 6
+PORT_GAP = 7.0
+"""Vertical space between the ends of edges on one side of a node."""
+PORT_MARGIN = 8.0
+"""Edge ends keep this far from a node's corners."""
 
 _STEP_OPTIONS = ("max_attempts", "base_delay", "timeout", "start_delay")
 
@@ -108,17 +112,22 @@ _WIDE = set("mwMW@%")
 
 
 def text_width(text: str, size: float = 12.0) -> float:
-    """An estimate of the width of `text` in a sans-serif font of `size` pixels (no font metrics on the server)."""
+    """An estimate of the width of `text` in a bold sans-serif font of `size` pixels (no font metrics on the
+    server), on the generous side: measured on DejaVu Sans Bold, wider than most system fonts."""
     units = 0.0
     for char in text:
         if char in _NARROW:
-            units += 0.32
+            units += 0.4
         elif char in _WIDE:
-            units += 0.86
+            units += 1.0
+        elif char == "_":
+            units += 0.5
         elif char.isupper():
-            units += 0.68
+            units += 0.77
+        elif char.isdigit():
+            units += 0.7
         else:
-            units += 0.56
+            units += 0.66
     return units * size
 
 
@@ -243,6 +252,25 @@ def _order(layers: list[list[_Item]], ups: dict[str, list[str]]) -> list[list[_I
     return best
 
 
+def _ports(chains: list[tuple[str, str, list[str]]], centre_y: dict[str, float]) -> tuple[list[float], list[float]]:
+    """Where each edge leaves its source and enters its target, as offsets from the node's middle: the edges of
+    one side are spread over it in the order of where they come from or go to, so they do not cross there."""
+    leaving = [0.0] * len(chains)
+    entering = [0.0] * len(chains)
+    outgoing: dict[str, list[tuple[float, int]]] = {}
+    incoming: dict[str, list[tuple[float, int]]] = {}
+    for number, (source, target, waypoints) in enumerate(chains):
+        outgoing.setdefault(source, []).append((centre_y[waypoints[0] if waypoints else target], number))
+        incoming.setdefault(target, []).append((centre_y[waypoints[-1] if waypoints else source], number))
+    for sides, offsets in ((outgoing, leaving), (incoming, entering)):
+        for ends in sides.values():
+            ends.sort()
+            gap = min(PORT_GAP, (NODE_HEIGHT - 2 * PORT_MARGIN) / max(1, len(ends) - 1))
+            for position, (_, number) in enumerate(ends):
+                offsets[number] = (position - (len(ends) - 1) / 2) * gap
+    return leaving, entering
+
+
 # ---- coordinates ----------------------------------------------------------------------------------------------
 
 
@@ -289,13 +317,14 @@ def layout(flow: FlowDef) -> Graph:
                 )
             )
     placed = {node.slug: node for node in nodes}
+    leaving, entering = _ports(chains, centre_y)
     edges: list[Edge] = []
-    for source, target, waypoints in chains:
+    for number_of_chain, (source, target, waypoints) in enumerate(chains):
         start, end = placed[source], placed[target]
-        points = [(start.x + start.width, centre_y[source])]
+        points = [(start.x + start.width, centre_y[source] + leaving[number_of_chain])]
         for number, key in enumerate(waypoints, start=layer[source] + 1):
             points.append((column_x[number], centre_y[key]))
             points.append((column_x[number] + column_width[number], centre_y[key]))
-        points.append((end.x, centre_y[target]))
+        points.append((end.x, centre_y[target] + entering[number_of_chain]))
         edges.append(Edge(source, target, tuple(points)))
     return Graph(tuple(nodes), tuple(edges), x - LAYER_GAP + MARGIN, height)
