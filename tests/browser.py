@@ -302,7 +302,7 @@ def watched_page(browser: Browser, *, width: int = 1400, height: int = 900) -> I
     """A fresh browser context and page that records console errors, page errors, CSP violations and dialogs
     (dismissing them)."""
     context = browser.new_context(viewport={"width": width, "height": height})
-    context.set_default_timeout(10_000)
+    context.set_default_timeout(5_000)
     page = context.new_page()
     watched = Watched(page)
     page.add_init_script(_CSP_LISTENER)
