@@ -119,6 +119,7 @@ def test_the_dag_is_drawn_on_flow_and_run_detail(data: Data, watched: Watched, p
     assert page.locator("svg.dag path.edge").count() == 4
     box = page.locator('svg.dag g.node[data-step="load"]').bounding_box()
     assert box is not None and box["width"] > 40, "the DAG is laid out and visible"
+    assert "timeout: 30" in (page.text_content('svg.dag g.node[data-step="ship"] title') or ""), "its own options"
     if path.startswith("/runs"):
         for slug in ("load", "price", "ship", "total"):
             assert "state-completed" in (page.get_attribute(f'svg.dag g.node[data-step="{slug}"]', "class") or "")
