@@ -158,8 +158,8 @@ def step_options(flow: FlowDef, step: StepDef) -> tuple[tuple[str, Any], ...]:
 
 @attrs.frozen
 class _Item:
-    """A node or a long edge's waypoint in one layer. `rank` breaks ties: the step's index (a waypoint: its
-    source's, then its target's, made fractional to sort after real nodes of the same index)."""
+    """A node or a long edge's waypoint in one layer. `rank` breaks ties: a node's is (its step index, -1), a
+    waypoint's (its source's index, its target's index), so a waypoint sorts after its source's own layer mates."""
 
     key: str
     rank: tuple[int, int]
