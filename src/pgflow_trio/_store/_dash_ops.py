@@ -3,8 +3,9 @@ their running and completed tasks, per-queue depth and age, and schedules with t
 
 Every statement is bounded for a big database: time windows over indexed columns (finished runs by
 `coalesce(completed_at, failed_at)`, completed tasks by `completed_at`, workers by `last_heartbeat_at`), LIMITs, and
-queue counts capped at `COUNT_CAP` rows instead of a full `count(*)`. Each function is one unit of work on one
-connection (`Database.run(functools.partial(fn, ...))`)."""
+queue counts capped at `COUNT_CAP` rows instead of a full `count(*)`. Time bounds use `now()` (the statement's
+start: each call runs outside a transaction), never the volatile `clock_timestamp()`, which no index can serve.
+Each function is one unit of work on one connection (`Database.run(functools.partial(fn, ...))`)."""
 
 from __future__ import annotations
 
@@ -156,9 +157,9 @@ class SchedulesView:
 async def overview(con: RawConnection, *, stale_after: float) -> Overview:
     """Live workers, running runs, the last day's finished runs per hour, and the task waiting longest."""
     head = await con.fetchrow(
-        """SELECT clock_timestamp() AS now,
+        """SELECT now() AS now,
                   (SELECT count(*) FROM pgflow.workers WHERE deprecated_at IS NULL
-                     AND last_heartbeat_at > clock_timestamp() - make_interval(secs => $1)) AS live_workers,
+                     AND last_heartbeat_at > now() - make_interval(secs => $1)) AS live_workers,
                   (SELECT count(*) FROM pgflow.runs WHERE status = 'started') AS running""",
         stale_after,
     )
@@ -220,7 +221,7 @@ async def _oldest_waiting(con: RawConnection, queues: Sequence[_Queue]) -> Waiti
     queue's visible messages come from its `vt` index, oldest first)."""
     parts = [
         f"(SELECT ${i + 1}::text AS flow_slug, m.msg_id, m.vt FROM {queue_table(q.slug)} m "
-        f"WHERE m.vt <= clock_timestamp() ORDER BY m.vt LIMIT {_WAITING_PER_QUEUE})"
+        f"WHERE m.vt <= now() ORDER BY m.vt LIMIT {_WAITING_PER_QUEUE})"
         for i, q in enumerate(queues)
     ]
     sql = f"""SELECT t.flow_slug, t.step_slug, t.run_id, t.task_index, w.vt
@@ -252,28 +253,28 @@ async def workers(con: RawConnection) -> WorkersView:
         """WITH w AS (
              SELECT worker_id, queue_name, function_name, started_at, last_heartbeat_at, deprecated_at
              FROM pgflow.workers
-             WHERE last_heartbeat_at > clock_timestamp() - $1::interval
+             WHERE last_heartbeat_at > now() - $1::interval
              ORDER BY last_heartbeat_at DESC LIMIT $2 + 1
            ), running AS (
              SELECT last_worker_id, count(*) AS n FROM pgflow.step_tasks
              WHERE status = 'started' AND last_worker_id IN (SELECT worker_id FROM w) GROUP BY 1
            ), done AS (
              SELECT last_worker_id, count(*) AS hour,
-                    count(*) FILTER (WHERE completed_at > clock_timestamp() - interval '1 minute') AS minute
+                    count(*) FILTER (WHERE completed_at > now() - interval '1 minute') AS minute
              FROM pgflow.step_tasks
-             WHERE status = 'completed' AND completed_at > clock_timestamp() - interval '1 hour'
+             WHERE status = 'completed' AND completed_at > now() - interval '1 hour'
                AND last_worker_id IN (SELECT worker_id FROM w)
              GROUP BY 1
            )
            SELECT w.*, coalesce(running.n, 0) AS running, coalesce(done.hour, 0) AS hour,
-                  coalesce(done.minute, 0) AS minute, clock_timestamp() AS now
+                  coalesce(done.minute, 0) AS minute, now() AS now
            FROM w LEFT JOIN running ON running.last_worker_id = w.worker_id
                   LEFT JOIN done ON done.last_worker_id = w.worker_id
            ORDER BY (w.deprecated_at IS NULL) DESC, w.last_heartbeat_at DESC, w.worker_id""",
         WORKER_WINDOW,
         WORKER_LIMIT,
     )
-    now = rows[0]["now"] if rows else await con.fetchval("SELECT clock_timestamp()")
+    now = rows[0]["now"] if rows else await con.fetchval("SELECT now()")
     shown = [
         WorkerRow(
             r["worker_id"],
@@ -295,13 +296,13 @@ async def queues(con: RawConnection, *, stale_after: float) -> QueuesView:
     """Every flow's queue: pause, live workers, and message counts and ages (capped counts, index-served ages)."""
     found = await _queues_with_tables(con)
     live_rows = await con.fetch(
-        """SELECT queue_name, count(*) AS n, clock_timestamp() AS now FROM pgflow.workers
-           WHERE deprecated_at IS NULL AND last_heartbeat_at > clock_timestamp() - make_interval(secs => $1)
+        """SELECT queue_name, count(*) AS n, now() AS now FROM pgflow.workers
+           WHERE deprecated_at IS NULL AND last_heartbeat_at > now() - make_interval(secs => $1)
            GROUP BY 1""",
         stale_after,
     )
     live = {r["queue_name"]: r["n"] for r in live_rows}
-    now = live_rows[0]["now"] if live_rows else await con.fetchval("SELECT clock_timestamp()")
+    now = live_rows[0]["now"] if live_rows else await con.fetchval("SELECT now()")
     present = [q for q in found if q.has_table]
     stats = await _queue_stats(con, [q.slug for q in present]) if present else {}
     rows = tuple(QueueRow(q.slug, q.paused_at, q.pause_reason, live.get(q.slug, 0), stats.get(q.slug)) for q in found)
@@ -316,12 +317,12 @@ async def _queue_stats(con: RawConnection, slugs: Sequence[str]) -> dict[str, Qu
         archive = f'pgmq."a_{queue_table_name(slug)[2:]}"'
         parts.append(
             f"""SELECT ${i + 1}::text AS slug,
-                  (SELECT count(*) FROM (SELECT 1 FROM {table} WHERE vt <= clock_timestamp()
+                  (SELECT count(*) FROM (SELECT 1 FROM {table} WHERE vt <= now()
                                          LIMIT {COUNT_CAP + 1}) v) AS visible,
                   (SELECT count(*) FROM (SELECT 1 FROM {table} LIMIT {COUNT_CAP + 1}) t) AS total,
                   (SELECT reltuples FROM pg_class WHERE oid = '{table}'::regclass) AS estimate,
                   (SELECT enqueued_at FROM {table} ORDER BY msg_id LIMIT 1) AS oldest_enqueued,
-                  (SELECT vt FROM {table} WHERE vt <= clock_timestamp() ORDER BY vt LIMIT 1) AS oldest_visible,
+                  (SELECT vt FROM {table} WHERE vt <= now() ORDER BY vt LIMIT 1) AS oldest_visible,
                   (SELECT reltuples FROM pg_class WHERE oid = to_regclass('{archive}')) AS archived"""
         )
     rows = await _fetch_tolerating_drops(con, " UNION ALL ".join(parts), *slugs)
