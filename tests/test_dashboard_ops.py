@@ -13,6 +13,7 @@ from typing import Any
 
 import attrs
 import httpx
+import pytest
 import trio
 from croniter import croniter
 from hypothesis import given
@@ -20,6 +21,7 @@ from hypothesis import strategies as st
 
 from pgflow_trio import Context, Engine, flow_from_spec, open_engine
 from pgflow_trio._dashboard._ops_pages import describe_cron, sparkline
+from pgflow_trio._store import _dash_ops
 from pgflow_trio.dashboard import create_app
 from pgflow_trio.testing import drain
 
@@ -243,6 +245,27 @@ async def test_a_queue_whose_table_is_missing_is_reported(dsn: str) -> None:
             overview = await _page(client, "/")
     assert "its queue table does not exist" in _row(html, "ops_demo")
     assert "Queue table missing for" in overview
+
+
+async def test_queue_counts_stop_at_the_cap(dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_dash_ops, "COUNT_CAP", 2)
+    async with open_engine(dsn) as engine, _client(engine) as client:
+        with trio.fail_after(30):
+            await engine.upsert_flow(FLOW)
+            for _ in range(3):
+                await engine.start("ops_demo", {})
+            html = await _page(client, "/queues")
+    cells = re.findall(r'<td class="num">([^<]*)', _row(html, "ops_demo"))
+    assert [c.strip() for c in cells[:4]] == ["0", "2+", "—", "2+"]  # workers, visible, invisible, total
+
+
+async def test_a_queue_table_dropped_after_it_was_looked_up_reads_as_missing(dsn: str) -> None:
+    async with open_engine(dsn) as engine:
+        with trio.fail_after(20):
+            await engine.upsert_flow(FLOW)
+            await engine.db.execute("DROP TABLE pgmq.q_ops_demo")
+            stats = await engine.db.run(functools.partial(_dash_ops._queue_stats, slugs=["ops_demo"]))
+    assert stats == {}
 
 
 async def test_read_only_hides_queue_buttons(dsn: str) -> None:
