@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime
 import functools
 import re
+import zoneinfo
 from collections.abc import Sequence
 
 import attrs
@@ -150,10 +151,18 @@ def worker_health(worker: WorkerRow, now: datetime.datetime, stale_after: float)
 
 
 @attrs.frozen
+class NextFire:
+    """A coming tick: the instant, and the wall-clock time it is in the schedule's time zone."""
+
+    at: datetime.datetime
+    local: str
+
+
+@attrs.frozen
 class ScheduleView:
     stored: StoredSchedule
     reading: str
-    next_fires: tuple[datetime.datetime, ...]
+    next_fires: tuple[NextFire, ...]
     recent_runs: tuple[_dash_ops.ScheduleRun, ...]
     problem: str | None
     """Why the schedule cannot fire (its flow is gone, or no live worker serves it), None when it can."""
@@ -162,7 +171,11 @@ class ScheduleView:
 def schedule_view(stored: StoredSchedule, recent: Sequence[_dash_ops.ScheduleRun]) -> ScheduleView:
     s = stored.schedule
     try:
-        fires = tuple(next_ticks(s, stored.now, NEXT_FIRES))
+        zone = zoneinfo.ZoneInfo(s.timezone)
+        fires = tuple(
+            NextFire(t, t.astimezone(zone).strftime("%a %Y-%m-%d %H:%M:%S"))
+            for t in next_ticks(s, stored.now, NEXT_FIRES)
+        )
     except (ValueError, KeyError, LookupError):  # an expression or zone this code no longer accepts
         fires = ()
     return ScheduleView(stored, describe_cron(s.expression), fires, tuple(recent), schedule_problem(stored))
