@@ -328,9 +328,10 @@ def watched_page(browser: Browser, *, width: int = 1400, height: int = 900) -> I
 # ---- fixtures (imported by the browser test module) ---------------------------------------------------------
 
 
-@pytest.fixture(scope="session", name="browser")
+@pytest.fixture(scope="module", name="browser")
 def browser_fixture() -> Iterator[Browser]:
-    """Chromium for the session (skips without it, see `require_chromium`)."""
+    """Chromium for one test module (skips without it, see `require_chromium`). Not longer: while it is open this
+    thread runs with asyncio's default loop policy, which trio-asyncio tests after it must not inherit."""
     with chromium(require_chromium()) as launched:
         yield launched
 
