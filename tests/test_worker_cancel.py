@@ -226,3 +226,42 @@ async def test_a_retried_task_claimed_again_while_its_cancelled_attempt_unwinds(
                 "SELECT status, attempts_count FROM pgflow.step_tasks WHERE run_id = $1", handle.run_id
             )
             assert task is not None and (task["status"], task["attempts_count"]) == ("completed", 1)
+
+
+class Stubborn(Flow[str, str], slug="cancel_stubborn", max_attempts=2, timeout=3):
+    """Its first attempt blocks a thread for a second (a cancellation cannot stop it); later ones return."""
+
+    spans: ClassVar[list[tuple[float, float]]] = []
+
+    @step
+    async def work(self, input: str) -> str:
+        begin = time.monotonic()
+        try:
+            if len(Stubborn.spans) == 0:
+                Stubborn.spans.append((begin, float("inf")))
+                await trio.to_thread.run_sync(time.sleep, 1.0)
+                return "first"
+            Stubborn.spans.append((begin, float("inf")))
+            return "again"
+        finally:
+            index = next(i for i, (b, _) in enumerate(Stubborn.spans) if b == begin)
+            Stubborn.spans[index] = (begin, time.monotonic())
+
+
+async def test_a_retry_never_runs_a_task_beside_its_attempt_still_running(dsn: str) -> None:
+    """Cancelled and retried at once while its handler cannot stop: the new attempt waits for the old one's
+    timeout instead of running beside it."""
+    Stubborn.spans.clear()
+    options = attrs.evolve(FAST, signal="notify")
+    with trio.fail_after(30):
+        async with open_engine(dsn) as engine, trio.open_nursery() as nursery:
+            await nursery.start(functools.partial(serve, Stubborn, dsn=dsn, options=options))
+            handle = await engine.start(Stubborn, "x")
+            while not Stubborn.spans:
+                await trio.sleep(0.01)
+            await engine.cancel_run(handle.run_id)
+            await engine.retry_run(handle.run_id)
+            assert await handle.result() == "again"
+            nursery.cancel_scope.cancel()
+    (first_begin, first_end), (second_begin, _) = Stubborn.spans
+    assert second_begin >= first_end, f"two attempts ran side by side: {Stubborn.spans}"
