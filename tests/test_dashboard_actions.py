@@ -16,8 +16,10 @@ import trio
 
 from pgflow_trio import Engine, Flow, Schedule, open_engine, step
 from pgflow_trio._dashboard import create_app
+from pgflow_trio._dashboard._actions import _status_of
 from pgflow_trio._dashboard._security import CSRF_COOKIE
 from pgflow_trio._definitions._flow import definition_of
+from pgflow_trio._exceptions import DatabaseError
 from pgflow_trio._runtime._cron import sync_schedules
 
 from .helpers import run_sql
@@ -70,7 +72,7 @@ async def browser(dsn: str) -> AsyncIterator[Browser]:
     async with open_engine(dsn) as engine:
         app = create_app(engine)
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
             await client.get("/")
             csrf = app.state.dashboard.security.token_for(client.cookies[CSRF_COOKIE])
             await engine.upsert_flow(Waits)
@@ -183,3 +185,60 @@ async def test_prune_shows_the_dry_run_count_first(dsn: str) -> None:
             assert notice_of(done)[0] == "/runs"
             assert notice_of(done)[1].startswith("Pruned 1 run(s)")
             assert run_sql(dsn, "SELECT run_id FROM pgflow.runs") == [(recent,)]
+
+
+async def test_malformed_fields_are_refused_as_400_never_500(dsn: str) -> None:
+    with trio.fail_after(60):
+        async with browser(dsn) as b:
+            for confirmed in ("", "1"):
+                for older_than in ("999999d", "99999999999d", "1e400", "-5d", "101y"):
+                    refused = await b.post("runs/prune", older_than=older_than, confirmed=confirmed)
+                    assert refused.status_code == 400, (older_than, refused.text)
+                    assert "older_than" in refused.text
+                for verb, fields in (
+                    ("queues/pause", {"flow": "dash\x00waits"}),
+                    ("schedules/pause", {"name": "a\x00b"}),
+                    ("runs/cancel", {"run_id": str(uuid.uuid4()), "reason": "x\x00y"}),
+                    ("runs/prune", {"older_than": "7d", "flow": "dash_waits\x01"}),
+                ):
+                    refused = await b.post(verb, confirmed=confirmed, **fields)
+                    assert refused.status_code == 400, (verb, refused.text)
+                    assert "control characters" in refused.text
+            assert (await b.post("runs/prune", older_than="36500d")).status_code == 200  # 100 years: the limit
+
+
+async def test_an_unknown_queue_or_schedule_is_refused_at_the_confirmation_step(dsn: str) -> None:
+    with trio.fail_after(60):
+        async with browser(dsn) as b:
+            for verb, fields in (
+                ("queues/pause", {"flow": "no_such_flow"}),
+                ("queues/resume", {"flow": "no_such_flow"}),
+                ("queues/pause", {"flow": "Bad-Slug!"}),
+                ("schedules/pause", {"name": "no_such_schedule"}),
+                ("schedules/resume", {"name": "no_such_schedule"}),
+            ):
+                refused = await b.post(verb, **fields)
+                assert refused.status_code == 404, (verb, refused.text)
+                assert 'name="confirmed"' not in refused.text
+
+
+def test_data_errors_of_the_database_are_bad_requests() -> None:
+    assert _status_of(DatabaseError("date out of range", "22008")) == 400
+    assert _status_of(DatabaseError("invalid byte sequence", "22021")) == 400
+    assert _status_of(DatabaseError("deadlock detected", "40P01")) is None  # a server problem stays a 500
+
+
+async def test_pages_answering_a_post_are_static_and_notices_are_signed(dsn: str) -> None:
+    with trio.fail_after(60):
+        async with browser(dsn) as b:
+            run_id = (await b.engine.start(Waits, Note("x"))).run_id
+            confirm = await b.post("runs/cancel", run_id=str(run_id))
+            assert 'data-topics=""' in confirm.text and 'data-refresh=""' in confirm.text
+            refused = await b.post("runs/cancel", run_id=str(uuid.uuid4()), confirmed="1")
+            assert 'data-topics=""' in refused.text
+            done = await b.confirm_then_do("runs/cancel", run_id=str(run_id))
+            query = urllib.parse.parse_qs(urllib.parse.urlsplit(done.headers["location"]).query)
+            assert set(query) == {"notice", "notice_sig"}
+            shown = await b.client.get(done.headers["location"])
+            assert f"Run {run_id} cancelled." in shown.text
+            assert 'data-topics=""' not in shown.text  # the run page itself stays live

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 
@@ -114,3 +115,50 @@ async def test_demo_with_dashboard_prints_the_url_before_the_runs_and_stays_open
             if process.returncode is None:
                 process.kill()
                 await process.wait()
+
+
+def test_a_port_in_use_is_one_line_and_exit_2(dsn: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        for args in (
+            ("dashboard", "--dsn", dsn, "--port", port),
+            ("demo", "--dashboard", "--port", port, "--dsn", dsn),
+        ):
+            result = cli(*args, timeout=90)
+            assert result.returncode == 2, result.stderr
+            assert result.stderr.strip().splitlines() == [f"error: cannot listen on 127.0.0.1:{port}: " + mine(result)]
+            assert "Traceback" not in result.stderr
+
+
+def mine(result: subprocess.CompletedProcess[str]) -> str:
+    """The reason the system gave, as printed (it varies by platform)."""
+    return result.stderr.strip().rsplit(": ", 1)[-1]
+
+
+async def test_no_auth_wins_over_the_token_variable_and_allowed_hosts_are_answered(dsn: str) -> None:
+    with trio.fail_after(90):
+        process = await trio.lowlevel.open_process(
+            [
+                *(sys.executable, "-m", "pgflow_trio", "dashboard", "--dsn", dsn, "--port", "0", "--no-auth"),
+                *("--allowed-host", "dash.example"),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", "PGFLOW_DASHBOARD_TOKEN": "from-env"},
+        )
+        try:
+            url = (await Lines(process).until("dashboard at ")).removeprefix("dashboard at ")
+            async with httpx.AsyncClient() as client:
+                assert (await client.get(f"{url}runs")).status_code == 200  # no token asked
+                assert (await client.get(f"{url}runs", headers={"host": "dash.example"})).status_code == 200
+                assert (await client.get(f"{url}runs", headers={"host": "evil.example"})).status_code == 421
+            assert await _stop(process) == 0
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+    bad = cli("dashboard", "--dsn", dsn, "--allowed-host", "http://x/", timeout=60)
+    assert bad.returncode == 2 and "not a host name" in bad.stderr

@@ -29,7 +29,7 @@ from starlette.routing import Route
 from pgflow_trio import Engine, Flow, open_engine, step
 from pgflow_trio._client._events import Change, EventHub, Resync, _Resync, offer
 from pgflow_trio._dashboard import create_app, serve_dashboard
-from pgflow_trio._dashboard._live import changed_topics, parse_topics
+from pgflow_trio._dashboard._live import changed_topics, parse_topics, stream_changes
 from pgflow_trio._models import RunEvent, StepEvent
 
 from .helpers import FAST, eventually, run_sql
@@ -171,7 +171,7 @@ async def test_the_page_loads_its_script_and_no_inline_one(dsn: str) -> None:
     with trio.fail_after(30):
         async with open_engine(dsn) as engine:
             transport = httpx.ASGITransport(app=create_app(engine))
-            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
                 page = await client.get("/runs")
                 script = await client.get("/static/dashboard.js")
     assert '<script src="/static/dashboard.js" defer></script>' in page.text
@@ -303,4 +303,128 @@ async def test_in_a_browser_a_change_swaps_main_and_keeps_open_details(dsn: str)
             before, after, errors = json.loads(output.splitlines()[-1])
             assert (before, after) == (True, True)
             assert errors == []
+            nursery.cancel_scope.cancel()
+
+
+async def test_head_of_the_event_stream_answers_headers_only(dsn: str) -> None:
+    with trio.fail_after(30):
+        async with serving(dsn) as (engine, url), httpx.AsyncClient(timeout=5) as client:
+            response = await client.head(f"{url}events", params={"topics": "runs"})
+            assert response.status_code == 200
+            assert response.headers["content-type"].startswith("text/event-stream")
+            assert not engine._hub._everything
+
+
+async def test_when_the_hub_ends_open_streams_say_off_and_end(dsn: str) -> None:
+    received: list[str] = []
+
+    async def follow(changes: trio.MemoryReceiveChannel[Change | Resync]) -> None:
+        async for chunk in stream_changes(changes, frozenset({"runs"}), 0.01):
+            received.append(chunk)
+
+    with trio.fail_after(30):
+        async with open_engine(dsn, events=False) as engine, trio.open_nursery() as nursery:
+            hub = EventHub()
+            async with hub.subscribe_all() as changes:
+                async with trio.open_nursery() as hub_nursery:
+                    await hub_nursery.start(hub.run, engine.db)
+                    nursery.start_soon(follow, changes)
+                    await eventually(_async(lambda: received), 0.01)
+                    hub_nursery.cancel_scope.cancel()
+                await eventually(_async(lambda: len(received) > 1 and "event: off" in received[-1]), 0.01)
+            assert received[-1].startswith("retry: ")
+            assert not hub._everything
+            async with hub.subscribe_all() as late:  # subscribing after the end: the channel is over at once
+                with pytest.raises(trio.EndOfChannel):
+                    await late.receive()
+
+
+TYPING = """
+import json, sys
+from playwright.sync_api import sync_playwright
+
+url, before, after, chromium = sys.argv[1:5]
+with sync_playwright() as playwright:
+    browser = playwright.chromium.launch(executable_path=chromium)
+    page = browser.new_page()
+    fetched = []
+    page.on("request", lambda r: fetched.append(r.url) if "fragment=1" in r.url or "/events" in r.url else None)
+    page.goto(url)
+    page.wait_for_selector('#live-status[data-state="on"]', timeout=10_000)
+    page.fill('input[name="q"]', "typed")  # the user types and stays in the field
+    print("typing", flush=True)
+    sys.stdin.readline()  # a run has started: a change arrives while the user types
+    page.wait_for_timeout(2500)
+    while_typing = [page.inner_text("main h1"), page.input_value('input[name="q"]'),
+                    page.evaluate("document.activeElement.name")]
+    page.fill('input[name="q"]', "")  # back to what the page shows: no unsaved change, but still focused
+    page.wait_for_timeout(1000)
+    still_focused = page.inner_text("main h1")
+    page.focus("a.brand")  # leaving the field lets the refresh put off meanwhile happen
+    page.wait_for_selector(f"main h1:text-is({json.dumps(after)})", timeout=10_000)
+    page.click("#go")  # a POST: the confirmation page it answers must never be fetched again
+    page.wait_for_selector('input[name="confirmed"]', state="attached")
+    fetched.clear()
+    page.wait_for_timeout(3000)
+    print(json.dumps([while_typing, still_focused, fetched]), flush=True)
+    browser.close()
+"""
+"""Type into a form in <main> while a change arrives; then leave the field; then open a confirmation page."""
+
+
+@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Chromium at /usr/bin/chromium")
+async def test_in_a_browser_a_change_waits_for_the_user_typing_and_a_confirmation_page_is_static(dsn: str) -> None:
+    pytest.importorskip("playwright")
+    with trio.fail_after(90):
+        async with open_engine(dsn) as engine, trio.open_nursery() as nursery:
+            await engine.upsert_flow(Gated)
+            app = create_app(engine, refresh_seconds=1)  # a confirmation page polling would show within 3 s
+            dash = app.state.dashboard
+
+            async def probe(request: Request) -> Response:
+                count = len((await engine.list_runs(limit=100)).runs)
+                return dash.render(request, "probe.html", {"heading": f"{count} runs"}, topics="runs")
+
+            app.router.routes.insert(0, Route("/probe", probe))
+            dash.templates.env.loader = jinja2.ChoiceLoader(
+                [
+                    jinja2.DictLoader(
+                        {
+                            "probe.html": '{% extends "base.html" %}{% block main %}<h1>{{ heading }}</h1>'
+                            '<form method="get" action="{{ root }}/probe"><input name="q" value=""></form>'
+                            '<form method="post" action="{{ root }}/actions/runs/prune">'
+                            '<input type="hidden" name="csrf_token" value="{{ csrf_token }}">'
+                            '<input type="hidden" name="older_than" value="7d">'
+                            '<button id="go" type="submit">prune</button></form>{% endblock %}'
+                        }
+                    ),
+                    dash.templates.env.loader,
+                ]
+            )
+            config = hypercorn.config.Config()
+            config.bind = ["127.0.0.1:0"]
+            binds = await nursery.start(functools.partial(hypercorn.trio.serve, app, config))
+            count = len((await engine.list_runs(limit=100)).runs)
+            process = await trio.lowlevel.open_process(
+                [sys.executable, "-c", TYPING, binds[0] + "/probe", f"{count} runs", f"{count + 1} runs", CHROMIUM],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+            )
+            assert process.stdout is not None and process.stdin is not None
+            output = b""
+            while b"typing\n" not in output:
+                chunk = await process.stdout.receive_some()
+                assert chunk, output
+                output += chunk
+            await engine.start(Gated, 1)
+            await process.stdin.send_all(b"go\n")
+            while not output.endswith(b"]\n"):
+                chunk = await process.stdout.receive_some()
+                assert chunk, output
+                output += chunk
+            assert await process.wait() == 0
+            while_typing, still_focused, fetched = json.loads(output.splitlines()[-1])
+            assert while_typing == [f"{count} runs", "typed", "q"]  # not swapped: the typing is intact
+            assert still_focused == f"{count} runs"
+            assert fetched == []
             nursery.cancel_scope.cancel()

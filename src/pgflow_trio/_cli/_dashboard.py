@@ -1,7 +1,8 @@
 """`python -m pgflow_trio dashboard`: serve the live dashboard (extra `dashboard`).
 
 Serves until SIGINT or SIGTERM, then shuts down cleanly. Binding beyond loopback needs --token (or
-$PGFLOW_DASHBOARD_TOKEN) unless --no-auth is given explicitly.
+$PGFLOW_DASHBOARD_TOKEN) unless --no-auth is given explicitly (it wins over the variable). Without a token, only
+requests addressed to localhost, 127.x, [::1] or an --allowed-host are answered.
 """
 
 from __future__ import annotations
@@ -42,7 +43,17 @@ def add_dashboard_parser(commands: Any, add_database_options: Callable[[argparse
     auth = dashboard.add_mutually_exclusive_group()
     auth.add_argument("--token", help=f"the shared secret a browser must give once (default: ${TOKEN_ENV})")
     auth.add_argument(
-        "--no-auth", action="store_true", help="serve beyond loopback without a token (access protected otherwise)"
+        "--no-auth",
+        action="store_true",
+        help=f"serve beyond loopback without a token (access protected otherwise); ignores ${TOKEN_ENV}",
+    )
+    dashboard.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="a host name the dashboard answers for besides localhost/127.x/[::1] (any port), e.g. behind a reverse "
+        "proxy or with --no-auth; repeatable; * allows any",
     )
     dashboard.add_argument("--read-only", action="store_true", help="hide and refuse every action")
 
@@ -57,6 +68,15 @@ def missing_extra() -> bool:
     return False
 
 
+def dashboard_token(args: argparse.Namespace) -> str | None:
+    """--token, else $PGFLOW_DASHBOARD_TOKEN unless --no-auth says explicitly to serve without one."""
+    if args.token is not None:
+        return str(args.token)
+    if args.no_auth:
+        return None
+    return os.environ.get(TOKEN_ENV) or None
+
+
 async def run_dashboard(args: argparse.Namespace) -> int:
     try:
         from pgflow_trio._dashboard import serve_dashboard
@@ -64,10 +84,11 @@ async def run_dashboard(args: argparse.Namespace) -> int:
         print(MISSING_EXTRA, file=sys.stderr)
         return 2
     from pgflow_trio._client._engine import open_engine
-    from pgflow_trio._dashboard._security import check_binding
+    from pgflow_trio._dashboard._security import check_binding, checked_allowed_hosts
 
-    token = args.token if args.token is not None else os.environ.get(TOKEN_ENV) or None
+    token = dashboard_token(args)
     check_binding(args.host, token=token, no_auth=args.no_auth)  # ConfigurationError: exit code 2 with the reason
+    allowed_hosts = checked_allowed_hosts(args.allowed_host)
     options: dict[str, Any] = {"data_dir": args.data_dir}
     if getattr(args, "connect_timeout", None) is not None:
         options["connect_timeout"] = args.connect_timeout
@@ -79,6 +100,7 @@ async def run_dashboard(args: argparse.Namespace) -> int:
             port=args.port,
             token=token,
             no_auth=args.no_auth,
+            allowed_hosts=allowed_hosts,
             read_only=args.read_only,
         )
         url = await nursery.start(serve)

@@ -90,8 +90,12 @@ class EventHub:
         self._everything: set[trio.MemorySendChannel[Change | Resync]] = set()
         self._flows: OrderedDict[uuid.UUID, str] = OrderedDict()
         self.connected = False
+        self._ended = False
 
     async def run(self, db: Database, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Listen and fan out until cancelled. When it ends, subscribers to every run read a resync and then the end
+        of their channel (live views fall back to re-reading on a timer); per-run watchers read a resync."""
+        self._ended = False
         try:
             async with open_listener(db, [CHANNEL]) as listener:
                 self.connected = True
@@ -106,7 +110,14 @@ class EventHub:
                         self._deliver_everywhere(event)
         finally:
             self.connected = False
+            self._ended = True
             self._broadcast_resync()
+            self._close_everything()
+
+    def _close_everything(self) -> None:
+        for channel in list(self._everything):
+            channel.close()
+        self._everything.clear()
 
     def _deliver(self, run_id: uuid.UUID, event: RunEvent | StepEvent | _Resync) -> None:
         # A slow watcher drops events but is made to resync (see offer).
@@ -138,7 +149,10 @@ class EventHub:
         """Every run's changes, for as long as the block runs. A subscriber that falls behind never blocks the
         others: it misses events and reads a Resync instead."""
         sender, receiver = trio.open_memory_channel[Change | Resync](max(buffer, 2))
-        self._everything.add(sender)
+        if self._ended:
+            sender.close()  # the hub has stopped: nothing will come
+        else:
+            self._everything.add(sender)
         try:
             yield receiver
         finally:

@@ -2,11 +2,14 @@
 
 A POST without `confirmed=1` renders a confirmation page saying what will happen (with a Confirm button POSTing
 the same fields plus confirmed=1); with it, the engine call is made and the browser is sent (303) to the page it
-concerns with a short notice. Engine refusals become readable message pages (404/409/400), never a 500.
+concerns with a short notice (signed, so that only the dashboard's own notices show). Engine refusals, malformed
+fields (control characters, durations out of range) and data errors of the database (SQLSTATE class 22) become
+readable message pages (404/409/400), never a 500.
 """
 
 from __future__ import annotations
 
+import re
 import urllib.parse
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
@@ -20,6 +23,7 @@ from starlette.routing import BaseRoute, Route
 from pgflow_trio._dashboard._state import Dashboard
 from pgflow_trio._exceptions import (
     ConfigurationError,
+    DatabaseError,
     FlowChanged,
     FlowNotFound,
     PgflowError,
@@ -28,10 +32,15 @@ from pgflow_trio._exceptions import (
     RunNotRetryable,
     ScheduleNotFound,
 )
+from pgflow_trio._runtime._pruner import describe, seconds_of
+from pgflow_trio._store._schedules import schedule_names
 
 PRUNE_STATUSES = ("all", "completed", "failed")
 ACTOR = "dashboard"
 """Recorded as who cancelled a run from the dashboard."""
+MAX_OLDER_THAN = 100 * 365 * 86400.0
+"""The longest `older_than` of a prune (about 100 years): beyond it the cutoff leaves the database's date range."""
+CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 class BadForm(PgflowError):
@@ -79,8 +88,20 @@ def _required(form: Mapping[str, str], name: str) -> str:
     return value
 
 
-def _prune_args(form: Mapping[str, str]) -> tuple[str, Literal["all", "completed", "failed"], str | None]:
-    older_than = _required(form, "older_than")
+def _older_than(form: Mapping[str, str]) -> float:
+    """The prune's age in seconds: a duration such as 7d, at most MAX_OLDER_THAN."""
+    text = _required(form, "older_than")
+    try:
+        seconds = seconds_of(text, what="older_than")
+    except ConfigurationError as exc:
+        raise BadForm(str(exc)) from None
+    if seconds > MAX_OLDER_THAN:
+        raise BadForm(f"older_than is at most {describe(MAX_OLDER_THAN)} (about 100 years), got {text!r}")
+    return seconds
+
+
+def _prune_args(form: Mapping[str, str]) -> tuple[float, Literal["all", "completed", "failed"], str | None]:
+    older_than = _older_than(form)
     status = form.get("status", "").strip() or "all"
     if status not in PRUNE_STATUSES:
         raise BadForm(f"status must be one of {', '.join(PRUNE_STATUSES)}, got {status!r}")
@@ -146,8 +167,24 @@ async def _rerun(dash: Dashboard, form: Mapping[str, str]) -> Done:
 
 
 # ---- queues -----------------------------------------------------------------------------------------------
-async def _plan_pause(dash: Dashboard, form: Mapping[str, str]) -> Plan:
+async def _existing_flow(dash: Dashboard, form: Mapping[str, str]) -> str:
+    """The form's flow, FlowNotFound (404) when the database has no such flow."""
     flow = _required(form, "flow")
+    if not await dash.engine.flow_exists(flow):
+        raise FlowNotFound(f"there is no flow {flow!r}: see the Flows page for the flows this database holds")
+    return flow
+
+
+async def _existing_schedule(dash: Dashboard, form: Mapping[str, str]) -> str:
+    """The form's schedule, ScheduleNotFound (404) when there is no such schedule."""
+    name = _required(form, "name")
+    if name not in await dash.query(schedule_names):
+        raise ScheduleNotFound(f"there is no schedule {name!r}: see the Schedules page for the schedules there are")
+    return name
+
+
+async def _plan_pause(dash: Dashboard, form: Mapping[str, str]) -> Plan:
+    flow = await _existing_flow(dash, form)
     return Plan(
         f"Pause the queue of {flow}",
         (
@@ -167,7 +204,7 @@ async def _pause(dash: Dashboard, form: Mapping[str, str]) -> Done:
 
 
 async def _plan_resume(dash: Dashboard, form: Mapping[str, str]) -> Plan:
-    flow = _required(form, "flow")
+    flow = await _existing_flow(dash, form)
     return Plan(
         f"Resume the queue of {flow}",
         ("Workers read this flow's queue again within a second.",),
@@ -177,14 +214,14 @@ async def _plan_resume(dash: Dashboard, form: Mapping[str, str]) -> Plan:
 
 
 async def _resume(dash: Dashboard, form: Mapping[str, str]) -> Done:
-    flow = _required(form, "flow")
+    flow = await _existing_flow(dash, form)
     was_paused = await dash.engine.resume(flow)
     return Done("/queues", f"Queue {flow} resumed." if was_paused else f"Queue {flow} was not paused.")
 
 
 # ---- schedules --------------------------------------------------------------------------------------------
 async def _plan_pause_schedule(dash: Dashboard, form: Mapping[str, str]) -> Plan:
-    name = _required(form, "name")
+    name = await _existing_schedule(dash, form)
     return Plan(
         f"Pause the schedule {name}",
         ("It fires no ticks until resumed; when resumed, the ticks it missed follow its catch-up policy.",),
@@ -201,7 +238,7 @@ async def _pause_schedule(dash: Dashboard, form: Mapping[str, str]) -> Done:
 
 
 async def _plan_resume_schedule(dash: Dashboard, form: Mapping[str, str]) -> Plan:
-    name = _required(form, "name")
+    name = await _existing_schedule(dash, form)
     return Plan(
         f"Resume the schedule {name}",
         ("It fires again; the ticks it missed follow its catch-up policy ('skip': none, 'once': the latest).",),
@@ -211,7 +248,7 @@ async def _plan_resume_schedule(dash: Dashboard, form: Mapping[str, str]) -> Pla
 
 
 async def _resume_schedule(dash: Dashboard, form: Mapping[str, str]) -> Done:
-    name = _required(form, "name")
+    name = await _existing_schedule(dash, form)
     was_paused = await dash.engine.resume_schedule(name)
     return Done("/schedules", f"Schedule {name} resumed." if was_paused else f"Schedule {name} was not paused.")
 
@@ -223,7 +260,7 @@ async def _plan_prune(dash: Dashboard, form: Mapping[str, str]) -> Plan:
     which = "finished" if status == "all" else status
     scope = f" of {flow}" if flow else ""
     return Plan(
-        f"Prune {which} runs{scope} older than {older_than}",
+        f"Prune {which} runs{scope} older than {describe(older_than)}",
         (
             f"{report.runs} run(s) that finished before {report.cutoff:%Y-%m-%d %H:%M:%SZ} will be deleted, with "
             f"{report.step_states} step state(s), {report.step_tasks} task(s) and their queue messages.",
@@ -258,6 +295,8 @@ BAD_REQUEST = (BadForm, ConfigurationError)
 
 
 def _status_of(exc: PgflowError) -> int | None:
+    if isinstance(exc, DatabaseError) and (exc.sqlstate or "").startswith("22"):
+        return 400  # data exception: a value out of range or malformed for the database
     if isinstance(exc, NOT_FOUND):
         return 404
     if isinstance(exc, CONFLICT):
@@ -271,7 +310,11 @@ async def _form(request: Request, names: tuple[str, ...]) -> dict[str, str]:
     """The named fields of a urlencoded form (what an HTML form posts); missing ones are empty."""
     body = (await request.body()).decode("utf-8", errors="replace")
     parsed = urllib.parse.parse_qs(body, keep_blank_values=True)
-    return {name: parsed.get(name, [""])[0] for name in names}
+    form = {name: parsed.get(name, [""])[0] for name in names}
+    for name, value in form.items():
+        if CONTROL.search(value):
+            raise BadForm(f"the field {name} contains control characters: send it as plain text")
+    return form
 
 
 def routes(dash: Dashboard) -> list[BaseRoute]:
@@ -284,8 +327,8 @@ def routes(dash: Dashboard) -> list[BaseRoute]:
         async def act(request: Request) -> Response:
             if dash.config.read_only:
                 return refuse(request, 403, "Read-only", "This dashboard is read-only: actions are switched off.")
-            form = await _form(request, (*verb.fields, "confirmed"))
             try:
+                form = await _form(request, (*verb.fields, "confirmed"))
                 if form["confirmed"] != "1":
                     return await confirm(request, verb_name, verb, form)
                 done = await verb.perform(dash, form)
@@ -295,7 +338,7 @@ def routes(dash: Dashboard) -> list[BaseRoute]:
                     raise
                 return refuse(request, status, "Not done", str(exc))
             root = request.scope.get("root_path", "").rstrip("/")
-            query = urllib.parse.urlencode({"notice": done.notice})
+            query = dash.security.notice_query(done.notice)
             return RedirectResponse(f"{root}{done.page}?{query}", status_code=303)
 
         return act

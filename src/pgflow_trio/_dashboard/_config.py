@@ -18,6 +18,9 @@ class DashboardConfig:
     read_only: bool = False
     token: str | None = None
     auth: AuthHook | None = None
+    allowed_hosts: tuple[str, ...] = ()
+    """Host names (any port) the dashboard answers besides localhost, 127.x and [::1]. Without a token or auth hook
+    only those are served, which defeats DNS rebinding; `*` allows any host."""
     refresh_seconds: float = 5.0
     """How often a page refreshes itself when live events are off or the event stream is down."""
     live_interval: float = 0.25

@@ -2,8 +2,9 @@
 
 `GET /events?topics=runs run:<id> flow:<slug>` streams, per browser, at most one `change` message per
 `live_interval` naming the topics that changed (the page then re-fetches its fragment), a comment every
-HEARTBEAT seconds so proxies keep it open, and `off` when the engine has no live events (the page then refreshes on
-a timer). No query is made per event: the browser re-reads only the page whose topic changed.
+HEARTBEAT seconds so proxies keep it open, and `off` when the engine has no live events or its event listener ends
+(the page then refreshes on a timer). No query is made per event: the browser re-reads only the page whose topic
+changed. `HEAD /events` answers the headers only.
 """
 
 from __future__ import annotations
@@ -56,21 +57,34 @@ def changed_topics(item: Change | Resync, topics: frozenset[str]) -> set[str]:
     return hit
 
 
+OFF_REASON = "the engine has no live events"
+
+
 def message(event: str, data: object) -> str:
     return f"event: {event}\ndata: {json.dumps(data)}\n\n"
+
+
+def off_message() -> str:
+    """What tells the browser to refresh on its timer, and to try the stream again only much later."""
+    return f"retry: {OFF_RETRY_MS}\n" + message("off", {"live": False, "reason": OFF_REASON})
 
 
 async def stream_changes(
     changes: trio.MemoryReceiveChannel[Change | Resync], topics: frozenset[str], interval: float
 ) -> AsyncGenerator[str, None]:
-    """SSE text: `hello` at once, then one `change` per burst of matching events, at most one per `interval`."""
+    """SSE text: `hello` at once, then one `change` per burst of matching events, at most one per `interval`; `off`
+    and the end when the engine's events end (the hub closes its subscribers)."""
     yield message("hello", {"live": True})
     last_sent = -math.inf
     while True:
         changed: set[str] = set()
-        with trio.move_on_after(HEARTBEAT):
-            while not changed:
-                changed |= changed_topics(await changes.receive(), topics)
+        try:
+            with trio.move_on_after(HEARTBEAT):
+                while not changed:
+                    changed |= changed_topics(await changes.receive(), topics)
+        except trio.EndOfChannel:
+            yield off_message()
+            return
         if not changed:
             yield ": heartbeat\n\n"
             continue
@@ -78,7 +92,7 @@ async def stream_changes(
         while True:
             try:
                 changed |= changed_topics(changes.receive_nowait(), topics)
-            except trio.WouldBlock:
+            except (trio.WouldBlock, trio.EndOfChannel):  # at the end, the next receive says `off`
                 break
         yield message("change", sorted(changed))
         last_sent = trio.current_time()
@@ -102,6 +116,8 @@ class _ChangeStream(StreamingResponse):
             try:
                 async for chunk in body:
                     await send({"type": "http.response.body", "body": chunk.encode(), "more_body": True})
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                nursery.cancel_scope.cancel()  # the events ended (said `off`): stop waiting for the browser
             finally:
                 with trio.CancelScope(shield=True):
                     await body.aclose()
@@ -119,13 +135,15 @@ async def _cancel_when_gone(receive: Receive, scope: trio.CancelScope) -> None:
 
 
 async def _events_off() -> AsyncIterator[str]:
-    yield f"retry: {OFF_RETRY_MS}\n" + message("off", {"live": False, "reason": "the engine has no live events"})
+    yield off_message()
 
 
 def routes(dash: Dashboard) -> list[BaseRoute]:
     async def events(request: Request) -> Response:
         topics = parse_topics(request.query_params.get("topics", ""))
         headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+        if request.method == "HEAD":
+            return Response(media_type="text/event-stream", headers=headers)
         feed = dash.engine.changes()
         if feed is None:
             return StreamingResponse(_events_off(), media_type="text/event-stream", headers=headers)
