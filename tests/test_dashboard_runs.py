@@ -55,7 +55,7 @@ async def dashboard(dsn: str, **options: Any) -> AsyncIterator[tuple[Engine, htt
     async with open_engine(dsn) as engine:
         app = create_app(engine, **options)
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
             yield engine, client
 
 

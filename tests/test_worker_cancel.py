@@ -232,6 +232,7 @@ class Stubborn(Flow[str, str], slug="cancel_stubborn", max_attempts=2, timeout=3
     """Its first attempt blocks a thread for a second (a cancellation cannot stop it); later ones return."""
 
     spans: ClassVar[list[tuple[float, float]]] = []
+    first_started: ClassVar[trio.Event | None] = None
 
     @step
     async def work(self, input: str) -> str:
@@ -239,6 +240,8 @@ class Stubborn(Flow[str, str], slug="cancel_stubborn", max_attempts=2, timeout=3
         try:
             if len(Stubborn.spans) == 0:
                 Stubborn.spans.append((begin, float("inf")))
+                assert Stubborn.first_started is not None
+                Stubborn.first_started.set()
                 await trio.to_thread.run_sync(time.sleep, 1.0)
                 return "first"
             Stubborn.spans.append((begin, float("inf")))
@@ -252,16 +255,16 @@ async def test_a_retry_never_runs_a_task_beside_its_attempt_still_running(dsn: s
     """Cancelled and retried at once while its handler cannot stop: the new attempt waits for the old one's
     timeout instead of running beside it."""
     Stubborn.spans.clear()
+    Stubborn.first_started = trio.Event()
     options = attrs.evolve(FAST, signal="notify")
     with trio.fail_after(30):
         async with open_engine(dsn) as engine, trio.open_nursery() as nursery:
             await nursery.start(functools.partial(serve, Stubborn, dsn=dsn, options=options))
             handle = await engine.start(Stubborn, "x")
-            while not Stubborn.spans:
-                await trio.sleep(0.01)
+            await Stubborn.first_started.wait()
             await engine.cancel_run(handle.run_id)
             await engine.retry_run(handle.run_id)
             assert await handle.result() == "again"
             nursery.cancel_scope.cancel()
-    (first_begin, first_end), (second_begin, _) = Stubborn.spans
+    (_, first_end), (second_begin, _) = Stubborn.spans
     assert second_begin >= first_end, f"two attempts ran side by side: {Stubborn.spans}"
