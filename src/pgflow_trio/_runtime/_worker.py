@@ -60,6 +60,7 @@ from pgflow_trio._store._pauses import PausableRead, read_and_claim_unless_pause
 from pgflow_trio._store._registry import ensure_flow
 from pgflow_trio._store._worker_queries import (
     ClaimedTask,
+    attempt_ended,
     fail,
     fail_permanently,
     release,
@@ -580,6 +581,10 @@ class Worker:
         await self._report(
             "fail_permanently", task, "cancelled: the run was cancelled or failed while the task ran", cancelled
         )
+        try:  # a retry of the run holds this task back until its attempt ended: say it did
+            await self.db.run(functools.partial(attempt_ended, task=task))
+        except PgflowError as exc:  # the retry then waits for the attempt's timeout instead
+            log.info("worker %s: could not record an ended attempt (%s)", self.worker_id, exc, extra=self._fields)
 
     def _cancel_run_id(self, text: str) -> None:
         try:

@@ -237,6 +237,15 @@ async def _fail_claimed(
     return FailReport(failed, await _ended_after_commit(con, [task.run_id], row["at"]))
 
 
+async def attempt_ended(con: RawConnection, *, task: ClaimedTask) -> bool:
+    """Say that this attempt of `task` ended after its run ended under it (schema 13): a retry need not wait for
+    its timeout. True when a retry's held-back message of the task became visible."""
+    expedited: bool = await con.fetchval(
+        "SELECT pgflow_trio.attempt_ended($1, $2, $3, $4)", task.run_id, task.step_slug, task.task_index, task.msg_id
+    )
+    return expedited
+
+
 async def release(con: RawConnection, *, worker_id: uuid.UUID, tasks: list[ClaimedTask]) -> int:
     """Hand tasks back without using an attempt, only those still started by `worker_id` under the claimed message."""
     released: int = await con.fetchval(

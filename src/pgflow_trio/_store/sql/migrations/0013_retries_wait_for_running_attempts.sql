@@ -5,7 +5,50 @@
 -- within a notification or its run check, and a handler blocked in a thread runs on. A retry at that moment used to
 -- queue the task's new attempt visible at once, so two attempts of one task could run side by side. Now such a
 -- task's new message becomes visible when the previous attempt's timeout (plus 2 s) has passed, the latest the
--- worker lets it run; every other task is queued visible at once, as before. Otherwise as in schema 5.
+-- worker lets it run, or as soon as our worker says the attempt ended (attempt_ended below); every other task is
+-- queued visible at once, as before. Otherwise as in schema 5.
+
+-- Attempts our workers saw end after their run ended under them (the handler was cancelled, or returned after the
+-- cancellation): by the task's message at the time. A retry need not wait for these.
+CREATE TABLE IF NOT EXISTS pgflow_trio.ended_attempts (
+    run_id uuid NOT NULL REFERENCES pgflow.runs (run_id) ON DELETE CASCADE,
+    step_slug text NOT NULL,
+    task_index integer NOT NULL,
+    message_id bigint NOT NULL,
+    PRIMARY KEY (run_id, step_slug, task_index, message_id)
+);
+
+-- A worker's handler of message p_message_id ended after its run ended. Recorded for a later retry; and when a
+-- retry already queued the task again with its message held back for this attempt, that message becomes visible now.
+CREATE OR REPLACE FUNCTION pgflow_trio.attempt_ended(
+    p_run_id uuid, p_step_slug text, p_task_index integer, p_message_id bigint
+)
+RETURNS boolean
+LANGUAGE plpgsql
+SET search_path = ''
+AS $body$
+DECLARE
+  v_task record;
+BEGIN
+  INSERT INTO pgflow_trio.ended_attempts (run_id, step_slug, task_index, message_id)
+  SELECT p_run_id, p_step_slug, p_task_index, p_message_id
+  WHERE EXISTS (SELECT 1 FROM pgflow.runs WHERE run_id = p_run_id)
+  ON CONFLICT DO NOTHING;
+  SELECT t.flow_slug, t.message_id INTO v_task
+  FROM pgflow.step_tasks AS t
+  WHERE t.run_id = p_run_id AND t.step_slug = p_step_slug AND t.task_index = p_task_index
+    AND t.status = 'queued' AND t.message_id IS DISTINCT FROM p_message_id
+    AND EXISTS (
+      SELECT 1 FROM pgflow_trio.run_retries AS rr WHERE rr.run_id = t.run_id AND rr.retried_at = t.queued_at
+    );
+  IF NOT FOUND THEN
+    RETURN false;
+  END IF;
+  PERFORM pgmq.set_vt(v_task.flow_slug, v_task.message_id, 0);
+  RETURN true;
+END
+$body$;
+
 CREATE OR REPLACE FUNCTION pgflow_trio.retry_run(p_run_id uuid)
 RETURNS integer
 LANGUAGE plpgsql
@@ -45,6 +88,11 @@ BEGIN
     SELECT t.step_slug, t.task_index,
            CASE WHEN t.started_at IS NOT NULL
                      AND (t.status = 'started' OR (v_cancelled_at IS NOT NULL AND t.failed_at >= v_cancelled_at))
+                     AND NOT EXISTS (
+                       SELECT 1 FROM pgflow_trio.ended_attempts AS e
+                       WHERE e.run_id = t.run_id AND e.step_slug = t.step_slug AND e.task_index = t.task_index
+                         AND e.message_id = t.message_id
+                     )
                 THEN greatest(0, ceil(extract(epoch FROM
                        t.started_at + make_interval(secs => coalesce(s.opt_timeout, f.opt_timeout, 60) + 2) - v_now
                      )))::integer
@@ -87,6 +135,7 @@ BEGIN
 
   UPDATE pgflow.runs SET status = 'started', failed_at = NULL WHERE run_id = p_run_id;
 
+  DELETE FROM pgflow_trio.ended_attempts WHERE run_id = p_run_id;
   DELETE FROM pgflow_trio.run_cancellations WHERE run_id = p_run_id RETURNING * INTO v_cancel;
   INSERT INTO pgflow_trio.run_retries (run_id, retried_at, tasks_requeued, was_cancelled, cancel_reason)
   VALUES (p_run_id, v_now, v_requeued, v_cancel.run_id IS NOT NULL, v_cancel.reason);
