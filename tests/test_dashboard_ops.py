@@ -44,7 +44,7 @@ TARGET = (FLOW, {"work": _work})
 @asynccontextmanager
 async def _client(engine: Engine, **options: Any) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(engine, **options)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://localhost") as client:
         yield client
 
 
