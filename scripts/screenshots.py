@@ -1,6 +1,8 @@
 """Screenshots of the dashboard for the README: `python scripts/screenshots.py [--out docs/screenshots] [--dsn DSN]`.
 
-Installs the schema on `--dsn` (else $PGFLOW_DSN, else the embedded PostgreSQL), runs a few demo orders (the
+Writes into a throwaway database on the embedded PostgreSQL (cloned from the schema's template, dropped at the end),
+never into $PGFLOW_DSN; `--dsn` names another database explicitly (the schema is installed there and the demo runs
+stay). It runs a few demo orders (the
 `python -m pgflow_trio demo` flow, with a map step) with workers in this process, serves the dashboard and saves
 `overview.png` and `run-detail.png` (a just-completed run, its map step visible) through Debian's Chromium
 ($PGFLOW_CHROMIUM, default /usr/bin/chromium). Run it from the repository with the dev extra installed."""
@@ -13,6 +15,7 @@ import logging
 import os
 import sys
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import trio
@@ -24,7 +27,8 @@ from tests.browser import CHROMIUM, LiveServer, chromium, install_flows, on_engi
 
 from pgflow_trio import Engine, RunFailed, install_schema  # noqa: E402
 from pgflow_trio._cli._demo import DemoOrder, _order  # noqa: E402
-from pgflow_trio._store._dsn import resolve_dsn  # noqa: E402
+from pgflow_trio._store._dsn import parse_dsn, start_embedded  # noqa: E402
+from pgflow_trio.testing import _fresh_database, _template  # noqa: E402
 
 ORDERS = range(1, 9)
 """Order 7's first charge fails and is retried: the overview shows a retry too."""
@@ -51,27 +55,37 @@ def take(server: LiveServer, out: Path, run_id: uuid.UUID) -> list[Path]:
     return saved
 
 
+@contextlib.contextmanager
+def screenshot_database(dsn: str | None) -> Iterator[str]:
+    """`dsn` with the schema installed when given; else a throwaway database on the embedded PostgreSQL, dropped
+    on the way out. $PGFLOW_DSN is never used: the demo runs would land in whatever database it names."""
+    if dsn:
+        parse_dsn(dsn)
+        trio.run(install_schema, dsn)
+        yield dsn
+        return
+    server = start_embedded()
+    yield from _fresh_database(server, _template(server))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshots", help="where the PNGs go")
-    parser.add_argument("--dsn", help="the database (default: $PGFLOW_DSN, else the embedded PostgreSQL)")
+    parser.add_argument(
+        "--dsn", help="a database to write the demo runs into (default: a throwaway one on the embedded PostgreSQL)"
+    )
     args = parser.parse_args(argv)
     if not os.access(CHROMIUM, os.X_OK):
         print(f"no Chromium at {CHROMIUM}: apt-get install chromium, or set PGFLOW_CHROMIUM", file=sys.stderr)
         return 2
 
-    async def prepare() -> str:
-        dsn = await resolve_dsn(args.dsn)
-        await install_schema(dsn)
-        return dsn
-
     logging.getLogger("pgflow_trio").setLevel(logging.CRITICAL)  # order 7's retried charge is expected
-    dsn = trio.run(prepare)
-    on_engine(dsn, lambda engine: install_flows(engine, [DemoOrder]))
-    with LiveServer(dsn, served=[DemoOrder], workers=True) as server:
-        run_id = server.call(run_orders)
-        for path in take(server, args.out, run_id):
-            print(f"saved {path}")
+    with screenshot_database(args.dsn) as dsn:
+        on_engine(dsn, lambda engine: install_flows(engine, [DemoOrder]))
+        with LiveServer(dsn, served=[DemoOrder], workers=True) as server:
+            run_id = server.call(run_orders)
+            for path in take(server, args.out, run_id):
+                print(f"saved {path}")
     return 0
 
 

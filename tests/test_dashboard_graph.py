@@ -3,19 +3,20 @@ what the drawing says (classes, marks, options, escaping)."""
 
 from __future__ import annotations
 
-import datetime
 import itertools
 import xml.etree.ElementTree as ET
 from typing import Any
 
+import attrs
 import hypothesis.strategies as st
+import pytest
 from hypothesis import given, settings
 
 from pgflow_trio import flow_from_spec
-from pgflow_trio._dashboard._graph import Graph, Node, StepMark, layout, marks_of, text_width
+from pgflow_trio._dashboard import _graph
+from pgflow_trio._dashboard._graph import Graph, Node, StepMark, layout, text_width
 from pgflow_trio._dashboard._state import environment
 from pgflow_trio._definitions._model import FlowDef, Options, StepDef, StepType
-from pgflow_trio._models import StepState
 
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -144,23 +145,6 @@ def test_an_empty_flow_is_an_empty_graph() -> None:
     assert graph.nodes == () and graph.edges == () and graph.width > 0 and graph.height > 0
 
 
-def state(slug: str, status: str, initial: int | None = None, remaining: int | None = None) -> StepState:
-    now = datetime.datetime.now(datetime.UTC)
-    return StepState(slug, status, remaining, initial, 0, None, now, None, None, None)
-
-
-def test_marks_count_the_done_tasks_of_map_steps() -> None:
-    marks = marks_of(
-        [state("fetch", "completed", 1, 0), state("parse", "started", 10, 4), state("save", "created")],
-        map_steps={"parse"},
-    )
-    assert marks == {
-        "fetch": StepMark("completed"),
-        "parse": StepMark("started", 6, 10),
-        "save": StepMark("created"),
-    }
-
-
 def draw(graph: Graph, marks: dict[str, StepMark] | None = None) -> ET.Element:
     template = environment().from_string('{% from "_dag.html" import dag %}{{ dag(graph, marks) }}')
     svg = template.render(graph=graph, marks=marks or {})
@@ -196,3 +180,62 @@ def test_slugs_and_statuses_from_the_database_are_escaped() -> None:
     assert group.get("class") == f"node state-{nasty}"
     assert [t.text for t in group.iter(f"{SVG}text")] == ["<script>alert(1)</script>"]
     assert not list(root.iter(f"{SVG}script")) and not list(root.iter(f"{SVG}img"))
+
+
+def dense(count: int, slug: str = "dense") -> FlowDef:
+    """Every step depends on every earlier one: the most edges and waypoints a flow of `count` steps can have."""
+    return attrs.evolve(
+        spec_flow([{"slug": f"s{i}", "deps": [f"s{j}" for j in range(i)]} for i in range(count)]), slug=slug
+    )
+
+
+def test_a_dense_60_step_flow_lays_out_with_bounded_work_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A complete DAG of 60 steps has 1,770 edges and 34,220 waypoints: the sweeps' quadratic work is skipped
+    (before, this flow took 11 s of blocked event loop per page view), and the layout is computed once."""
+    work = {"sweeps": 0, "crossings": 0}
+    sweep, crossings = _graph._sweep, _graph._crossings
+
+    def counted_sweep(*args: Any) -> None:
+        work["sweeps"] += 1
+        sweep(*args)
+
+    def counted_crossings(*args: Any) -> int:
+        work["crossings"] += 1
+        return crossings(*args)
+
+    monkeypatch.setattr(_graph, "_sweep", counted_sweep)
+    monkeypatch.setattr(_graph, "_crossings", counted_crossings)
+    flow = dense(60)
+    graph = layout(flow)
+    assert len(graph.nodes) == 60 and len(graph.edges) == 60 * 59 // 2
+    assert work == {"sweeps": 0, "crossings": 0}
+    assert layout(dense(60)) is graph, "cached per flow definition"
+    assert work == {"sweeps": 0, "crossings": 0}
+    small = layout(dense(8, slug="dense_small"))
+    assert work["sweeps"] <= _graph.SWEEPS and work["crossings"] <= _graph.SWEEPS + 1
+    assert len(small.edges) == 28
+
+
+def test_layouts_are_cached_by_slug_and_definition() -> None:
+    one = layout(diamond())
+    assert layout(diamond()) is one
+    other = layout(attrs.evolve(diamond(), slug="graph_other"))
+    assert other is not one and other.nodes == one.nodes
+    changed = spec_flow([{"slug": "fetch"}, {"slug": "parse", "deps": ["fetch"]}])
+    assert layout(changed) != one
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 6), st.integers(0, 6)), max_size=30))
+def test_crossings_are_counted_as_every_pair_compared_would(segments: list[tuple[int, int]]) -> None:
+    uppers = sorted({u for u, _ in segments})
+    lowers = sorted({low for _, low in segments})
+    upper = [_graph._Item(f"u{u}", (u, -1), 1.0) for u in uppers]
+    lower = [_graph._Item(f"l{low}", (low, -1), 1.0) for low in lowers]
+    ups = {f"l{low}": [f"u{u}" for u, lw in segments if lw == low] for low in lowers}
+    ups.update({f"u{u}": [] for u in uppers})
+    position = {u: i for i, u in enumerate(uppers)}
+    low_position = {low: j for j, low in enumerate(lowers)}
+    pairs = [(position[u], low_position[low]) for u, low in segments]
+    expected = sum(1 for a, b in itertools.combinations(pairs, 2) if (a[0] - b[0]) * (a[1] - b[1]) < 0)
+    assert _graph._crossings([upper, lower], ups) == expected

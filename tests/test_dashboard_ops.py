@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime
 import functools
+import itertools
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -168,6 +169,10 @@ async def test_workers_page_shows_health_running_and_completed_tasks(dsn: str) -
                            now() - interval '5 seconds', NULL),
                           ('ops_demo', gen_random_uuid(), 'stopped-one', now() - interval '2 hours',
                            now() - interval '1 hour', now() - interval '1 hour'),
+                          ('ops_demo', gen_random_uuid(), 'draining-one', now() - interval '2 hours',
+                           now(), now() - interval '1 second'),
+                          ('ops_demo', gen_random_uuid(), 'silent-one', now() - interval '2 hours',
+                           now() - interval '1 minute', NULL),
                           ('ops_demo', gen_random_uuid(), 'ancient-one', now() - interval '3 days',
                            now() - interval '2 days', NULL)"""
             )
@@ -180,9 +185,11 @@ async def test_workers_page_shows_health_running_and_completed_tasks(dsn: str) -
         for m in re.finditer(r'<tr class="worker-(\w+)">(?:(?!</tr>).)*?<td class="mono">([^<]*)</td>', html, re.S)
     }
     assert rows["stale-one"] == "stale"
-    assert rows["stopped-one"] == "dead"
+    assert rows["stopped-one"] == "stopped"  # deprecated and silent: it stopped
+    assert rows["draining-one"] == "stopping"  # deprecated, still heartbeating: finishing its tasks
+    assert rows["silent-one"] == "dead"  # silent far beyond stale_after without saying it stops
     assert "ancient-one" not in html  # silent for more than a day: not listed
-    ours = [fn for fn in rows if fn not in ("stale-one", "stopped-one")]
+    ours = [fn for fn in rows if fn not in ("stale-one", "stopped-one", "draining-one", "silent-one")]
     assert len(ours) == 1 and rows[ours[0]] == "healthy"
     cells = re.search(r'<tr class="worker-healthy">.*?</tr>', html, re.S)
     assert cells is not None
@@ -268,6 +275,63 @@ async def test_a_queue_table_dropped_after_it_was_looked_up_reads_as_missing(dsn
     assert stats == {}
 
 
+async def test_a_table_dropped_mid_query_marks_only_its_own_queue_missing(
+    dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    other = flow_from_spec({"slug": "ops_other", "steps": [{"slug": "work"}]})
+    looked_up = _dash_ops._queues_with_tables
+
+    async def before_the_drop(con: Any) -> list[Any]:
+        """The tables as they were looked up just before one was dropped."""
+        return [attrs.evolve(q, has_table=True) for q in await looked_up(con)]
+
+    async with open_engine(dsn) as engine, _client(engine) as client:
+        with trio.fail_after(30):
+            await engine.upsert_flow(FLOW)
+            await engine.upsert_flow(other)
+            await engine.start("ops_other", {})
+            await engine.start("ops_demo", {})
+            await engine.db.execute("DROP TABLE pgmq.q_ops_demo")
+            stats = await engine.db.run(functools.partial(_dash_ops._queue_stats, slugs=["ops_demo", "ops_other"]))
+            assert set(stats) == {"ops_other"} and stats["ops_other"].total.value == 1
+            monkeypatch.setattr(_dash_ops, "_queues_with_tables", before_the_drop)
+            html = await _page(client, "/queues")
+            overview = await engine.db.run(functools.partial(_dash_ops.overview, stale_after=5.0))
+    assert "its queue table does not exist" in _row(html, "ops_demo")
+    assert "its queue table does not exist" not in _row(html, "ops_other")
+    assert overview.missing_queues == ("ops_demo",)
+    assert overview.oldest_waiting is not None and overview.oldest_waiting.flow_slug == "ops_other"
+
+
+async def test_oldest_waiting_prefers_unpaused_queues_and_counts_abandoned_tasks(dsn: str) -> None:
+    other = flow_from_spec({"slug": "ops_other", "steps": [{"slug": "work"}]})
+    async with open_engine(dsn) as engine, _client(engine) as client:
+        with trio.fail_after(30):
+            await engine.upsert_flow(FLOW)
+            await engine.upsert_flow(other)
+            parked = await engine.start("ops_other", {})  # the oldest, but its queue is paused
+            await engine.pause("ops_other", reason="maintenance")
+            await trio.sleep(0.05)
+            waiting = await engine.start("ops_demo", {})
+            html = await _page(client, "/")
+            overview = await engine.db.run(functools.partial(_dash_ops.overview, stale_after=5.0))
+            # A worker took the task and died: the task is started, its message readable again.
+            await engine.db.execute(
+                "UPDATE pgflow.step_tasks SET status = 'started', started_at = now(), attempts_count = 1 "
+                "WHERE run_id = $1",
+                waiting.run_id,
+            )
+            abandoned = await engine.db.run(functools.partial(_dash_ops.overview, stale_after=5.0))
+    assert overview.oldest_waiting is not None and overview.oldest_waiting.run_id == waiting.run_id
+    assert not overview.oldest_waiting.paused
+    assert overview.oldest_paused is not None and overview.oldest_paused.run_id == parked.run_id
+    card = html.split('id="oldest-waiting"')[1].split("</section>")[0]
+    assert card.index(f"/runs/{waiting.run_id}") < card.index(f"/runs/{parked.run_id}")
+    assert "status-paused" in card
+    assert abandoned.oldest_waiting is not None and abandoned.oldest_waiting.run_id == waiting.run_id
+    assert abandoned.oldest_waiting.abandoned
+
+
 async def test_read_only_hides_queue_buttons(dsn: str) -> None:
     async with open_engine(dsn) as engine, _client(engine, read_only=True) as client:
         with trio.fail_after(20):
@@ -312,17 +376,27 @@ async def test_schedules_page_shows_readings_next_fires_last_runs_and_problems(d
                 for tick in (datetime.datetime(2026, 1, d, 1, 30, tzinfo=datetime.UTC) for d in (1, 2))
             ]
             await engine.cancel_run(fired[1])
+            # A cancellation row on a run that did not fail does not make it cancelled (pgflow_trio.run_state).
+            await engine.db.execute("INSERT INTO pgflow_trio.run_cancellations (run_id) VALUES ($1)", fired[0])
             await engine.pause_schedule("gone")
+            await _schedule(engine, "held", "ops_demo", "0 4 * * *")
+            await engine.pause_schedule("held")
             html = await _page(client, "/schedules")
     nightly = _schedule_row(html, "nightly")
     assert "daily at 02:30" in nightly and "Europe/Paris" in nightly and "builtin" in nightly
     assert all(f"/runs/{run_id}" in nightly for run_id in fired)
     assert "status-cancelled" in nightly and "status-started" in nightly
     assert nightly.count(" 02:30:00 Europe/Paris") == 3  # the next three fires, on Paris's wall clock
+    assert nightly.count('class="status status-started"') == 1 and nightly.count("status-cancelled") == 1
+    assert "when resumed" not in nightly and "ops-next-fire held" not in nightly
     assert 'action="/actions/schedules/pause"' in nightly and 'value="nightly"' in nightly
     gone = _schedule_row(html, "gone")
     assert "every 5 minutes" in gone and "orphaned: its flow no longer exists" in gone
     assert "status-paused" in gone and 'action="/actions/schedules/resume"' in gone
+    held = _schedule_row(html, "held")
+    for row in (gone, held):  # paused or orphaned: the times it would fire, marked as such
+        assert row.count('class="ops-next-fire held"') == 3 and row.count("would fire at") == 3
+    assert "when resumed" in held and "when its flow is back and resumed" in gone
     escaped = "&lt;script&gt;alert(1)&lt;/script&gt;"
     assert escaped in html and XSS not in html
     assert "hourly at :07" in _schedule_row(html, escaped)
@@ -371,6 +445,8 @@ def test_describer_reads_the_common_forms() -> None:
     assert describe_cron("0 0 15 * *") == "monthly on day 15 at 00:00"
     assert describe_cron("0 0 0 * * *") == "daily at 00:00"  # a zero seconds field
     assert describe_cron("*/10 * * * * *") == "every 10 seconds"
+    assert describe_cron("*/7 * * * *") == "cron */7 * * * *"  # fires at :56 then :00: not every 7 minutes
+    assert describe_cron("*/45 * * * * *") == "cron */45 * * * * *"
     assert describe_cron("0 0 1 1 *") == "cron 0 0 1 1 *"
     assert describe_cron("0 9,17 * * *") == "cron 0 9,17 * * *"
     assert describe_cron("61 * * * *") == "cron 61 * * * *"
@@ -381,15 +457,27 @@ _BASE = datetime.datetime(2026, 3, 4, 5, 6, tzinfo=datetime.UTC)
 
 
 def _fires(expression: str, count: int = 4) -> list[datetime.datetime]:
-    it = croniter(expression, _BASE)
+    it = croniter(expression, _BASE, second_at_beginning=True)  # six fields: seconds first, as ours
     return [it.get_next(datetime.datetime) for _ in range(count)]
 
 
-@given(st.integers(1, 59))
-def test_every_n_minutes_reads_as_croniter_fires(n: int) -> None:
-    expression = f"*/{n} * * * *"
-    assert describe_cron(expression) == ("every minute" if n == 1 else f"every {n} minutes")
-    assert all(t.minute % n == 0 for t in _fires(expression))
+def _gaps(expression: str, count: int) -> set[float]:
+    fires = _fires(expression, count)
+    return {(b - a).total_seconds() for a, b in itertools.pairwise(fires)}
+
+
+@given(st.integers(1, 59), st.sampled_from(["minute", "second"]))
+def test_every_n_reads_only_when_croniter_fires_are_n_apart(n: int, unit: str) -> None:
+    expression = f"*/{n} * * * *" if unit == "minute" else f"*/{n} * * * * *"
+    reading = describe_cron(expression)
+    seconds = n * (60 if unit == "minute" else 1)
+    gaps = _gaps(expression, 2 * 60 // n + 2)  # past the top of the hour (or minute) at least once
+    if reading.startswith("every"):
+        assert reading == (f"every {unit}" if n == 1 else f"every {n} {unit}s")
+        assert gaps == {float(seconds)}
+    else:
+        assert reading == f"cron {expression}"
+        assert len(gaps) > 1
 
 
 @given(st.integers(0, 59), st.integers(0, 23), st.sampled_from(["*", "1-5", "3", "WED"]))

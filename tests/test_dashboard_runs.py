@@ -4,6 +4,7 @@ runs made through the engine and `drain`."""
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import re
 import uuid
@@ -11,11 +12,16 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import attrs
 import httpx
 import pytest
 import trio
 
 from pgflow_trio import Context, Engine, Flow, Job, map_step, open_engine, step
+from pgflow_trio._dashboard._graph import StepMark
+from pgflow_trio._dashboard._run_pages import TIMELINE_MIN_BAR, Bar, step_marks, timeline
+from pgflow_trio._store import _dash_runs
+from pgflow_trio._store._dash_runs import StepView, TaskAttempt
 from pgflow_trio.dashboard import create_app
 from pgflow_trio.testing import DrainLimitExceeded, drain
 
@@ -365,7 +371,7 @@ async def test_flows_page_counts_runs_in_the_range(dsn: str) -> None:
             row = re.search(r'href="/flows/dash_squares">dash_squares</a>(.*?)</tr>', week.text, re.S)
             assert row is not None
             nums = re.findall(r'<td class="num">(?:<a [^>]*>)?([^<]*)', row.group(1))
-            assert nums[1] == "2" and nums[4] == "1"  # runs; the old one is still running
+            assert nums[1] == "2" and nums[6] == "1"  # runs; the old one is still running
             assert ids
 
 
@@ -381,3 +387,230 @@ async def test_run_page_shows_map_progress_while_running(dsn: str) -> None:
             assert 'status-started">started<' in page.text
             assert re.search(r'<td class="num">2/3</td>', page.text)  # the steps table
             assert 'action="/actions/runs/cancel"' in page.text
+
+
+def flow_row(html: str, slug: str) -> list[str]:
+    """The number cells of a flow's row on the Flows or Jobs page."""
+    row = re.search(rf'href="/flows/{slug}">{slug}</a>(.*?)</tr>', html, re.S)
+    assert row is not None, slug
+    return [c.strip() for c in re.findall(r'<td class="num">(?:<a [^>]*>)?([^<]*)', row.group(1))]
+
+
+async def test_flows_success_rate_leaves_cancelled_runs_out_and_shows_them_apart(dsn: str) -> None:
+    with trio.fail_after(60):
+        async with dashboard(dsn) as (engine, client):
+            await finished_runs(engine)  # dash_boom: one failed run
+            for _ in range(3):
+                handle = await engine.start(Boom, {"text": "x"})
+                await engine.cancel_run(handle.run_id, reason="duplicate")
+            page = await client.get("/flows")
+            # steps, runs, success, failed, cancelled, avg duration, running
+            assert flow_row(page.text, "dash_boom")[:5] == ["1", "4", "0.0%", "1", "3"]
+            assert flow_row(page.text, "dash_squares")[:5] == ["2", "1", "100.0%", "0", "0"]
+
+
+async def test_a_cancellation_row_on_a_run_that_did_not_fail_does_not_make_it_cancelled(dsn: str) -> None:
+    """The rule of pgflow_trio.run_state: cancelled only when failed with a cancellation."""
+    with trio.fail_after(60):
+        async with dashboard(dsn) as (engine, client):
+            ids = await finished_runs(engine)
+            run_sql(dsn, "INSERT INTO pgflow_trio.run_cancellations (run_id) VALUES ($1)", ids["squares"])
+            state = await engine.db.fetchval("SELECT pgflow_trio.run_state($1)", ids["squares"])
+            assert state == "completed"
+            page = await client.get(f"/runs/{ids['squares']}")
+            assert 'status-completed">completed<' in page.text.split("<h2>")[0]
+            listed = await client.get("/runs?status=completed")
+            assert str(ids["squares"]) in run_links(listed.text)
+            assert "status-cancelled" not in listed.text
+            flows = await client.get("/flows")
+            assert flow_row(flows.text, "dash_squares")[:5] == ["2", "1", "100.0%", "0", "0"]
+
+
+async def test_json_on_the_run_page_keeps_numbers_exactly_as_stored(dsn: str) -> None:
+    with trio.fail_after(60):
+        async with dashboard(dsn) as (engine, client):
+            await drain(engine, Mail)
+            handle = await engine.enqueue(Mail, {"amount": 0})
+            run_sql(
+                dsn,
+                """UPDATE pgflow.runs SET input = '{"amount": 12345678901234567.89, "p": 0.10, "e": 1e400}'::jsonb
+                   WHERE run_id = $1""",
+                handle.run_id,
+            )
+            page = await client.get(f"/runs/{handle.run_id}")
+            assert page.status_code == 200
+            assert "12345678901234567.89" in page.text and "0.10" in page.text and "1.23e" not in page.text
+            assert "&#34;p&#34;: 0.10" in page.text  # pretty: one key per line
+
+
+async def test_non_ascii_digits_and_huge_task_indexes_are_400(dsn: str) -> None:
+    with trio.fail_after(30):
+        async with dashboard(dsn) as (_, client):
+            page = await client.get("/runs?limit=%C2%B2")
+            assert page.status_code == 400 and "limit must be a whole number" in page.text
+            run = uuid.uuid4()
+            for index in ("%C2%B2", "%D9%A3", "99999999999", "1234567890"):
+                got = await client.get(f"/runs/{run}/output/x/{index}.json")
+                assert got.status_code == 400, (index, got.text)
+                assert "a task index is a whole number" in got.text
+
+
+async def test_a_date_only_until_includes_that_whole_day(dsn: str) -> None:
+    with trio.fail_after(60):
+        async with dashboard(dsn) as (engine, client):
+            await drain(engine, Mail)
+            handle = await engine.enqueue(Mail, {"n": 1})
+            today = datetime.datetime.now(datetime.UTC).date()
+            page = await client.get(f"/runs?from={today}&until={today}")
+            assert run_links(page.text) == [str(handle.run_id)]
+            yesterday = today - datetime.timedelta(days=1)
+            page = await client.get(f"/runs?until={yesterday}")
+            assert run_links(page.text) == []
+
+
+async def test_flows_and_jobs_run_count_links_keep_the_time_range(dsn: str) -> None:
+    with trio.fail_after(60):
+        async with dashboard(dsn) as (engine, client):
+            await finished_runs(engine)
+            old = await engine.start(Boom, {"text": "old"})
+            run_sql(dsn, "UPDATE pgflow.runs SET started_at = now() - interval '3 days' WHERE run_id = $1", old.run_id)
+            for path, slug in (("/flows", "dash_boom"), ("/jobs", "dash_mail")):
+                page = await client.get(path + "?range=1h")
+                found = re.search(rf'<a href="(/runs\?flow={slug}&amp;from=[^"]+)">1</a>', page.text)
+                assert found is not None, (path, page.text)
+                listed = await client.get(found.group(1).replace("&amp;", "&"))
+                assert listed.status_code == 200 and len(run_links(listed.text)) == 1, path
+
+
+class BigMap(Flow[list[int], int], slug="dash_bigmap"):
+    """A map step whose tasks' outputs together are far beyond the page's cap."""
+
+    @map_step
+    async def blob(self, n: int) -> str:
+        return f"{n:04d}" + "x" * 96
+
+    @step
+    async def count(self, blob: list[str]) -> int:
+        return len(blob)
+
+
+@attrs.define
+class CountingConnection:
+    """A connection that counts the rows its statements return."""
+
+    con: Any
+    rows: int = 0
+
+    async def fetch(self, *args: Any) -> Any:
+        found = await self.con.fetch(*args)
+        self.rows += len(found)
+        return found
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.con, name)
+
+
+async def test_a_completed_map_steps_output_head_reads_only_its_first_tasks(dsn: str) -> None:
+    with trio.fail_after(90):
+        async with dashboard(dsn) as (engine, client):
+            await drain(engine, BigMap)
+            handle = await engine.start(BigMap, list(range(2000)))
+            await drain(engine, BigMap)
+            whole = json.dumps([f"{n:04d}" + "x" * 96 for n in range(2000)])
+
+            async def head(con: Any) -> tuple[_dash_runs.JsonHead | None, int]:
+                counting = CountingConnection(con)
+                found = await _dash_runs.map_output_head(counting, run_id=handle.run_id, step_slug="blob", cap=5000)
+                return found, counting.rows
+
+            found, rows = await engine.db.run(head)
+            assert found is not None and found.truncated
+            assert len(found.text) == 5000 and whole.startswith(found.text)
+            needed = 5000 // 100 + 1  # each task's output is 100 characters and more
+            assert rows <= 2 * needed + _dash_runs.MAP_HEAD_FIRST_BATCH, "the tasks past the cap are not read"
+            page = await client.get(f"/runs/{handle.run_id}")
+            assert page.status_code == 200
+            assert 'Output of blob <span class="muted">(first 65,536 characters shown)' in page.text
+            small = await engine.start(BigMap, [1, 2])
+            await drain(engine, BigMap)
+            small_head = await engine.db.run(
+                functools.partial(_dash_runs.map_output_head, run_id=small.run_id, step_slug="blob", cap=5000)
+            )
+            assert small_head is not None and not small_head.truncated
+            assert json.loads(small_head.text) == [f"{n:04d}" + "x" * 96 for n in (1, 2)]
+
+
+def step_view(slug: str, status: str, initial: int | None, remaining: int | None, kind: str = "map") -> StepView:
+    return StepView(slug, kind, status, initial, remaining, None, None, None, None)
+
+
+def test_map_progress_counts_only_tasks_that_are_done() -> None:
+    marks = step_marks(
+        [
+            step_view("waiting", "created", 5, None),  # its task count known, none started
+            step_view("unknown", "created", None, None),
+            step_view("running", "started", 10, 4),
+            step_view("done", "completed", 3, 0),
+            step_view("empty", "completed", 0, 0),
+            step_view("single", "started", 1, 1, kind="single"),
+        ]
+    )
+    assert marks == {
+        "waiting": StepMark("created", 0, 5),
+        "unknown": StepMark("created", 0, None),
+        "running": StepMark("started", 6, 10),
+        "done": StepMark("completed", 3, 3),
+        "empty": StepMark("completed", 0, 0),
+        "single": StepMark("started"),
+    }
+
+
+T0 = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+
+
+def task(status: str, queued: float, started: float | None, finished: float | None) -> TaskAttempt:
+    def at(seconds: float | None) -> datetime.datetime | None:
+        return None if seconds is None else T0 + datetime.timedelta(seconds=seconds)
+
+    queued_at = at(queued)
+    assert queued_at is not None
+    return TaskAttempt("s", 0, status, 1, None, None, queued_at, at(started), at(finished), None)
+
+
+def test_the_task_timeline_places_waits_and_work_on_the_runs_scale() -> None:
+    tasks = [
+        task("completed", 0, 10, 30),  # waited 10 s, worked 20 s
+        task("started", 40, 50, None),  # still running: works until the end of the scale
+        task("queued", 60, None, None),  # waits until the end of the scale
+        task("failed", 80, 80, 80),  # instantaneous: still a visible sliver
+        task("completed", -5, 120, 130),  # outside the run's span: clamped into the box
+    ]
+    line = timeline(tasks, start=T0, end=T0 + datetime.timedelta(seconds=100), width=200)
+    assert line.width == 200 and line.span == datetime.timedelta(seconds=100)
+    first, running, queued, instant, outside = line.rows
+    assert (first.wait, first.work, first.status) == (Bar(0, 20), Bar(20, 40), "completed")
+    assert (running.wait, running.work) == (Bar(80, 20), Bar(100, 100))
+    assert (queued.wait, queued.work) == (Bar(120, 80), None)
+    assert instant.wait is None and instant.work == Bar(160, TIMELINE_MIN_BAR)
+    assert outside.wait == Bar(0, 200) and outside.work is not None
+    assert outside.work.x + outside.work.width <= 200
+    for row in line.rows:
+        for bar in (row.wait, row.work):
+            assert bar is None or (bar.x >= 0 and bar.x + bar.width <= 200 and bar.width > 0)
+
+
+def test_a_timeline_of_no_span_does_not_divide_by_zero() -> None:
+    line = timeline([task("queued", 0, None, None)], start=T0, end=T0, width=100)
+    assert line.rows[0].wait == Bar(0, TIMELINE_MIN_BAR)
+
+
+async def test_the_run_page_draws_a_timeline_per_task_without_inline_styles(dsn: str) -> None:
+    with trio.fail_after(60):
+        async with dashboard(dsn) as (engine, client):
+            ids = await finished_runs(engine)
+            page = await client.get(f"/runs/{ids['squares']}")
+            tasks = page.text.split('class="runs-tasks"')[1].split("</table>")[0]
+            assert tasks.count('<svg class="timeline"') == 4  # three squares and the total
+            assert tasks.count('class="work state-completed"') == 4
+            assert "style=" not in page.text
+            assert re.search(r'class="timeline-axis"[^>]*>[^<]*0[^<]*→', tasks)

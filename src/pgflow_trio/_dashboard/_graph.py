@@ -3,19 +3,23 @@
 A step's layer is the longest path to it from a root. An edge spanning several layers gets a waypoint in each layer
 it crosses, so it is ordered with the nodes and passes between them. Within a layer, nodes and waypoints are ordered
 by the barycenter of their neighbours over a few sweeps (keeping the order with the fewest crossings); every tie is
-broken by the step's index, so the same flow always gives the same layout."""
+broken by the step's index, so the same flow always gives the same layout.
+
+The work is bounded: crossings are counted in O(E log E) per pair of layers, a drawing of more than
+`MAX_ORDERED_ITEMS` nodes and waypoints keeps the steps' own order (no sweeps), and layouts are cached per flow
+definition (a flow's shape never changes under its slug: a new shape is a new definition)."""
 
 from __future__ import annotations
 
+import functools
 import itertools
-from collections.abc import Container, Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
 
 from pgflow_trio._definitions._diff import SQL_DEFAULTS
-from pgflow_trio._definitions._model import FlowDef, StepDef
-from pgflow_trio._models import StepState
+from pgflow_trio._definitions._model import FlowDef, Options, StepDef
 
 MARGIN = 16.0
 """Space around the drawing."""
@@ -30,6 +34,11 @@ NODE_GAP = 18.0
 WAYPOINT_HEIGHT = 8.0
 """The vertical room a long edge takes where it passes through a layer."""
 SWEEPS = 6
+MAX_ORDERED_ITEMS = 1500
+"""Beyond this many nodes and waypoints (a dense flow of ~25 steps and more) the layers keep the steps' own order:
+the sweeps' work grows with the square of the drawing, and a drawing that big is read by hovering anyway."""
+LAYOUT_CACHE = 256
+"""Layouts kept (one per flow definition)."""
 PORT_GAP = 7.0
 """Vertical space between the ends of edges on one side of a node."""
 PORT_MARGIN = 8.0
@@ -85,19 +94,6 @@ class StepMark:
     status: str
     done: int = 0
     total: int | None = None
-
-
-def marks_of(states: Iterable[StepState], *, map_steps: Container[str] = ()) -> dict[str, StepMark]:
-    """Each step's mark from a run's step states; a map step (slug in `map_steps`) counts its done tasks once its
-    task count is known."""
-    marks: dict[str, StepMark] = {}
-    for state in states:
-        total = state.initial_tasks if state.step_slug in map_steps else None
-        done = 0 if total is None else max(0, total - (state.remaining_tasks or 0))
-        if state.status == "completed" and total is not None:
-            done = total
-        marks[state.step_slug] = StepMark(state.status, done, total)
-    return marks
 
 
 def _n(value: float) -> str:
@@ -204,16 +200,31 @@ def _build_items(
 
 
 def _crossings(layers: list[list[_Item]], ups: dict[str, list[str]]) -> int:
-    """How many pairs of edge segments cross between adjacent layers."""
+    """How many pairs of edge segments cross between adjacent layers: with the segments sorted by their upper end,
+    the pairs whose lower ends are in the opposite order (inversions, counted by merge sort)."""
     total = 0
     for upper, lower in itertools.pairwise(layers):
         position = {item.key: i for i, item in enumerate(upper)}
-        segments = [(position[u], j) for j, item in enumerate(lower) for u in ups[item.key]]
-        for a, (a_up, a_low) in enumerate(segments):
-            for b_up, b_low in segments[a + 1 :]:
-                if (a_up - b_up) * (a_low - b_low) < 0:
-                    total += 1
+        segments = sorted((position[u], j) for j, item in enumerate(lower) for u in ups[item.key])
+        total += _inversions([low for _, low in segments])
     return total
+
+
+def _inversions(values: list[int]) -> int:
+    """Pairs i < j with values[i] > values[j] (equal values do not count)."""
+    if len(values) < 2:
+        return 0
+    middle = len(values) // 2
+    left, right = values[:middle], values[middle:]
+    count = _inversions(left) + _inversions(right)
+    left.sort()
+    right.sort()
+    j = 0
+    for value in left:  # for each value of the left half, the right half's values below it
+        while j < len(right) and right[j] < value:
+            j += 1
+        count += j
+    return count
 
 
 def _sweep(layers: list[list[_Item]], neighbours: dict[str, list[str]], order: range) -> None:
@@ -231,7 +242,10 @@ def _sweep(layers: list[list[_Item]], neighbours: dict[str, list[str]], order: r
 
 
 def _order(layers: list[list[_Item]], ups: dict[str, list[str]]) -> list[list[_Item]]:
-    """Barycenter sweeps down and up; the first order with the fewest crossings wins."""
+    """Barycenter sweeps down and up; the first order with the fewest crossings wins. A drawing of more than
+    `MAX_ORDERED_ITEMS` items keeps the steps' order."""
+    if sum(len(items) for items in layers) > MAX_ORDERED_ITEMS:
+        return layers
     downs: dict[str, list[str]] = {}
     for key, sources in ups.items():
         for source in sources:
@@ -275,7 +289,14 @@ def _ports(chains: list[tuple[str, str, list[str]]], centre_y: dict[str, float])
 
 
 def layout(flow: FlowDef) -> Graph:
-    """Nodes in layers by longest path from the roots, edges pointing right; the same flow gives the same layout."""
+    """Nodes in layers by longest path from the roots, edges pointing right; the same flow gives the same layout
+    (cached: only the slug, the steps and the flow's options shape it)."""
+    return _layout(flow.slug, flow.steps, flow.options)
+
+
+@functools.lru_cache(maxsize=LAYOUT_CACHE)
+def _layout(slug: str, steps: tuple[StepDef, ...], options: Options) -> Graph:
+    flow = FlowDef(slug, steps, options)
     if not flow.steps:
         return Graph((), (), 2 * MARGIN, 2 * MARGIN)
     layer = _layers_of(flow.steps)

@@ -133,15 +133,17 @@ def sparklines(hours: Sequence[HourBucket]) -> dict[str, Sparkline]:
 class WorkerHealth:
     worker: WorkerRow
     health: str
-    """healthy, stale or dead."""
+    """healthy, stale, dead, stopping or stopped."""
 
 
 def worker_health(worker: WorkerRow, now: datetime.datetime, stale_after: float) -> str:
-    """`healthy` (heartbeat within `stale_after`), `stale` (silent longer: its tasks count as stalled), `dead`
-    (stopped, or silent for `DEAD_AFTER_STALE` times `stale_after`)."""
-    if worker.deprecated_at is not None:
-        return "dead"
+    """A worker that said it stops (deprecated) is `stopping` while it still heartbeats within `stale_after`
+    (draining: finishing its running tasks), then `stopped`. One that did not is `healthy` (heartbeat within
+    `stale_after`), `stale` (silent longer: its tasks count as stalled), `dead` (silent for `DEAD_AFTER_STALE`
+    times `stale_after`)."""
     silent = (now - worker.last_heartbeat_at).total_seconds()
+    if worker.deprecated_at is not None:
+        return "stopping" if silent <= stale_after else "stopped"
     if silent <= stale_after:
         return "healthy"
     return "stale" if silent <= stale_after * DEAD_AFTER_STALE else "dead"
@@ -166,6 +168,8 @@ class ScheduleView:
     recent_runs: tuple[_dash_ops.ScheduleRun, ...]
     problem: str | None
     """Why the schedule cannot fire (its flow is gone, or no live worker serves it), None when it can."""
+    held: bool
+    """Paused or orphaned: `next_fires` are when it would fire once resumed (or its flow is back), not plans."""
 
 
 def schedule_view(stored: StoredSchedule, recent: Sequence[_dash_ops.ScheduleRun]) -> ScheduleView:
@@ -178,7 +182,8 @@ def schedule_view(stored: StoredSchedule, recent: Sequence[_dash_ops.ScheduleRun
         )
     except (ValueError, KeyError, LookupError):  # an expression or zone this code no longer accepts
         fires = ()
-    return ScheduleView(stored, describe_cron(s.expression), fires, tuple(recent), schedule_problem(stored))
+    held = stored.paused_at is not None or not stored.flow_exists
+    return ScheduleView(stored, describe_cron(s.expression), fires, tuple(recent), schedule_problem(stored), held)
 
 
 def schedule_problem(stored: StoredSchedule) -> str | None:
@@ -207,15 +212,16 @@ def _number(field: str, low: int, high: int) -> int | None:
     return value if low <= value <= high else None
 
 
-def _every(field: str, high: int) -> int | None:
-    """N of `*/N` (1 <= N <= high); 1 for `*`; else None."""
+def _every(field: str) -> int | None:
+    """N of `*/N` for a minutes or seconds field when N divides 60 (so the fires are evenly N apart, across the top
+    of the hour or minute too: `*/7` fires at :56 then :00); 1 for `*`; else None."""
     if field == "*":
         return 1
     match = _EVERY.fullmatch(field)
     if match is None:
         return None
     n = int(match.group(1))
-    return n if 1 <= n <= high else None
+    return n if 1 <= n < 60 and 60 % n == 0 else None
 
 
 def _weekday(field: str) -> int | None:
@@ -231,15 +237,16 @@ def _plural(n: int, unit: str) -> str:
 
 
 def describe_cron(expression: str) -> str:
-    """A cron expression as a person reads it, for the common forms: every minute, every N minutes, hourly at :MM,
-    daily at HH:MM, weekdays at HH:MM, weekly on a day, monthly on day D (and every second / N seconds with a
-    seconds field). Anything else reads `cron <expression>`. Times are on the schedule's own time zone."""
+    """A cron expression as a person reads it, for the common forms: every minute, every N minutes (N dividing
+    60), hourly at :MM, daily at HH:MM, weekdays at HH:MM, weekly on a day, monthly on day D (and every second / N
+    seconds with a seconds field, N dividing 60). Anything else reads `cron <expression>`. Times are on the
+    schedule's own time zone."""
     text = " ".join(expression.split())
     fields = ALIASES.get(text.lower(), text).split()
     if len(fields) == 6:
         seconds, fields = fields[0], fields[1:]
         if seconds != "0":
-            every = _every(seconds, 59)
+            every = _every(seconds)
             if every is not None and all(f == "*" for f in fields):
                 return _plural(every, "second")
             return f"cron {text}"
@@ -253,7 +260,7 @@ def _describe_five(fields: Sequence[str]) -> str | None:
     if month != "*":
         return None
     if hour == "*" and dom == "*" and dow == "*":
-        every = _every(minute, 59)
+        every = _every(minute)
         if every is not None:
             return _plural(every, "minute")
         m = _number(minute, 0, 59)

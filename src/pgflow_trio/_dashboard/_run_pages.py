@@ -6,8 +6,9 @@ and runs a 404 page, never a 500."""
 from __future__ import annotations
 
 import datetime
-import json
+import re
 import uuid
+from collections.abc import Iterable, Sequence
 from functools import partial
 from typing import Any
 from urllib.parse import urlencode
@@ -17,14 +18,14 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from pgflow_trio._dashboard._format import pretty_json
 from pgflow_trio._dashboard._graph import StepMark, layout
 from pgflow_trio._dashboard._state import Dashboard
 from pgflow_trio._exceptions import ConfigurationError, DefinitionError
 from pgflow_trio._store._dash_runs import (
     RUN_STATES,
     JsonHead,
-    RunDetail,
+    StepView,
+    TaskAttempt,
     flow_overview,
     flow_slugs,
     flow_stats,
@@ -62,10 +63,18 @@ def chosen_range(request: Request) -> str:
     return value
 
 
-def parse_instant(name: str, value: str | None) -> datetime.datetime | None:
-    """An ISO date or date-time (`2026-01-31`, `2026-01-31T08:00`, with or without an offset; UTC without)."""
+def parse_instant(name: str, value: str | None, *, end_of_day: bool = False) -> datetime.datetime | None:
+    """An ISO date or date-time (`2026-01-31`, `2026-01-31T08:00`, with or without an offset; UTC without). With
+    `end_of_day`, a date alone means the end of that day (the next midnight): `until=2026-01-31` includes the 31st."""
     if not value:
         return None
+    if end_of_day:
+        try:
+            day = datetime.date.fromisoformat(value.strip())
+        except ValueError:
+            pass
+        else:
+            return datetime.datetime.combine(day + datetime.timedelta(days=1), datetime.time(), datetime.UTC)
     try:
         instant = datetime.datetime.fromisoformat(value.strip())
     except ValueError:
@@ -83,12 +92,23 @@ def parse_run_id(value: str) -> uuid.UUID:
         raise BadRequest(f"{value!r} is not a run id: a run id is a UUID like 3f2a9c1e-...") from None
 
 
+_WHOLE_NUMBER = re.compile(r"[0-9]{1,9}")
+"""ASCII digits only (`str.isdigit` accepts `²` and other scripts' digits, which `int` refuses or reads), and few
+enough to fit PostgreSQL's int4."""
+
+
+def whole_number(value: str) -> int | None:
+    """`value` as a whole number when it is 1 to 9 ASCII digits, else None."""
+    return int(value) if _WHOLE_NUMBER.fullmatch(value) else None
+
+
 def parse_limit(value: str | None) -> int:
     if not value:
         return PAGE_SIZE
-    if not value.isdigit() or not 1 <= int(value) <= MAX_PAGE_SIZE:
+    limit = whole_number(value)
+    if limit is None or not 1 <= limit <= MAX_PAGE_SIZE:
         raise BadRequest(f"limit must be a whole number from 1 to {MAX_PAGE_SIZE}, got {value!r}")
-    return int(value)
+    return limit
 
 
 @attrs.frozen
@@ -124,22 +144,94 @@ class ShownJson:
 
 
 def shown(head: JsonHead | None, cap: int) -> ShownJson | None:
+    """The head as shown: its pretty text (printed by PostgreSQL, so numbers stay exactly as stored) cut at `cap`."""
     if head is None:
         return None
-    if head.truncated:
-        return ShownJson(head.text, True)
-    text = pretty_json(json.loads(head.text))
-    return ShownJson(text[:cap], len(text) > cap)
+    return ShownJson(head.text[:cap], head.truncated or len(head.text) > cap)
 
 
-def step_marks(detail: RunDetail) -> dict[str, StepMark]:
-    """Each step's live state, and for a map step how many of its tasks are done out of how many."""
+def step_marks(steps: Iterable[StepView]) -> dict[str, StepMark]:
+    """Each step's live state, and for a map step how many of its tasks are done out of how many: a completed
+    step has done them all; a step not started yet (remaining_tasks still NULL) none."""
     marks = {}
-    for step in detail.steps:
+    for step in steps:
         total = step.initial_tasks if step.step_type == "map" else None
-        done = (step.initial_tasks or 0) - (step.remaining_tasks or 0) if total is not None else 0
-        marks[step.step_slug] = StepMark(step.status, max(done, 0), total)
+        if total is None:
+            done = 0
+        elif step.status == "completed":
+            done = total
+        elif step.remaining_tasks is None:
+            done = 0
+        else:
+            done = max(total - step.remaining_tasks, 0)
+        marks[step.step_slug] = StepMark(step.status, done, total)
     return marks
+
+
+# ---- the task timeline ------------------------------------------------------------------------------------------
+TIMELINE_WIDTH = 240.0
+TIMELINE_HEIGHT = 14.0
+TIMELINE_MIN_BAR = 1.5
+"""A bar never narrower than this, so an instantaneous wait or attempt still shows."""
+
+
+@attrs.frozen
+class Bar:
+    """A horizontal bar on the timeline: its left edge and width, in the SVG's units."""
+
+    x: float
+    width: float
+
+
+@attrs.frozen
+class TaskBars:
+    """One task's row: `wait` from queued to started (or to the scale's end while still waiting), `work` from
+    started to finished (or to the scale's end while running); `status` gives the work bar its class."""
+
+    wait: Bar | None
+    work: Bar | None
+    status: str
+
+
+@attrs.frozen
+class Timeline:
+    """The task table's timeline column: a row of bars per task, on one scale from `start` to `start + span`."""
+
+    width: float
+    height: float
+    start: datetime.datetime
+    span: datetime.timedelta
+    rows: tuple[TaskBars, ...]
+
+
+def timeline(
+    tasks: Sequence[TaskAttempt],
+    *,
+    start: datetime.datetime,
+    end: datetime.datetime,
+    width: float = TIMELINE_WIDTH,
+) -> Timeline:
+    """Bars for `tasks` on a shared scale from `start` (the run's start) to `end` (its end, or now): read down the
+    column, the task table is a Gantt chart of the run. Times outside the scale are clamped into it."""
+    seconds = max((end - start).total_seconds(), 0.0)
+
+    def x(at: datetime.datetime) -> float:
+        if seconds == 0:
+            return 0.0
+        return min(max((at - start).total_seconds() / seconds, 0.0), 1.0) * width
+
+    def bar(left: datetime.datetime, right: datetime.datetime) -> Bar:
+        x0, x1 = x(left), x(right)
+        x0 = min(x0, width - TIMELINE_MIN_BAR)
+        return Bar(round(x0, 1), round(max(x1 - x0, TIMELINE_MIN_BAR), 1))
+
+    rows = []
+    for task in tasks:
+        waited_until = task.started_at or end
+        wait = bar(task.queued_at, waited_until) if waited_until > task.queued_at or task.started_at is None else None
+        work = bar(task.started_at, task.finished_at or end) if task.started_at is not None else None
+        rows.append(TaskBars(wait, work, task.status))
+    return Timeline(width, TIMELINE_HEIGHT, start, datetime.timedelta(seconds=seconds), tuple(rows))
 
 
 def json_download(text: str, filename: str) -> Response:
@@ -163,13 +255,20 @@ def routes(dash: Dashboard) -> list[BaseRoute]:
             return dash.render(
                 request,
                 template,
-                {"stats": [], "ranges": RANGES, "range": DEFAULT_RANGE, "error": str(exc)},
+                {"stats": [], "ranges": RANGES, "range": DEFAULT_RANGE, "since": "", "error": str(exc)},
                 topics="runs",
                 status_code=400,
             )
         since = datetime.datetime.now(datetime.UTC) - RANGES[chosen]
         stats = await dash.query(partial(flow_stats, since=since, jobs=jobs))
-        context = {"stats": stats, "ranges": RANGES, "range": chosen, "error": None}
+        # The run-count links keep the range: `from` to the second (UTC, floored: never fewer runs than counted).
+        context = {
+            "stats": stats,
+            "ranges": RANGES,
+            "range": chosen,
+            "since": since.strftime("%Y-%m-%dT%H:%M:%S"),
+            "error": None,
+        }
         return dash.render(request, template, context, topics="runs")
 
     async def flows(request: Request) -> Response:
@@ -202,7 +301,7 @@ def routes(dash: Dashboard) -> list[BaseRoute]:
                     flow_slug=filters.flow or None,
                     state=filters.status or None,
                     started_from=parse_instant("from", filters.start),
-                    started_until=parse_instant("until", filters.until),
+                    started_until=parse_instant("until", filters.until, end_of_day=True),
                     id_range=id_prefix_range(filters.q) if filters.q else None,
                     older=request.query_params.get("older") or None,
                     newer=request.query_params.get("newer") or None,
@@ -222,14 +321,16 @@ def routes(dash: Dashboard) -> list[BaseRoute]:
         detail = await dash.query(partial(run_detail, run_id=run_id, cap=cap, task_limit=TASK_LIMIT))
         if detail is None:
             return problem(request, 404, "Run not found", f"There is no run {run_id} (it may have been pruned).")
+        now = datetime.datetime.now(datetime.UTC)
         context = {
             "run": detail,
             "graph": layout(detail.flow) if detail.flow is not None else None,
-            "marks": step_marks(detail),
+            "marks": step_marks(detail.steps),
+            "timeline": timeline(detail.tasks, start=detail.started_at, end=detail.finished_at or now),
             "input": shown(detail.input, cap),
             "output": shown(detail.output, cap),
             "outputs": {s.step_slug: shown(s.output, cap) for s in detail.steps},
-            "now": datetime.datetime.now(datetime.UTC),
+            "now": now,
         }
         return dash.render(request, "run.html", context, topics=f"run:{run_id}")
 
@@ -248,10 +349,13 @@ def routes(dash: Dashboard) -> list[BaseRoute]:
             name = f"{run_id}-{step_slug}.json"
             missing = f"Run {run_id} has no completed step {step_slug!r}: its output exists once the step completes."
         else:
-            if not index.isdigit():
-                return problem(request, 400, "Not a task index", f"a task index is a whole number, got {index!r}")
+            task_index = whole_number(index)
+            if task_index is None:
+                return problem(
+                    request, 400, "Not a task index", f"a task index is a whole number (0-999999999), got {index!r}"
+                )
             text = await dash.query(
-                partial(task_output_json, run_id=run_id, step_slug=step_slug, task_index=int(index))
+                partial(task_output_json, run_id=run_id, step_slug=step_slug, task_index=task_index)
             )
             name = f"{run_id}-{step_slug}-{index}.json"
             missing = f"Run {run_id} has no completed task {index} of step {step_slug!r}."

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import asyncpg
 import attrs
@@ -43,7 +43,8 @@ class HourBucket:
 
 @attrs.frozen
 class WaitingTask:
-    """The task that has waited longest for a worker: queued, its message visible since `waiting_since`."""
+    """The task that has waited longest for a worker: its message visible since `waiting_since`, the task queued,
+    or `abandoned`: started by a worker that never finished it, its message readable again."""
 
     flow_slug: str
     step_slug: str
@@ -52,6 +53,7 @@ class WaitingTask:
     waiting_since: datetime.datetime
     paused: bool
     """Its queue is paused (the wait is deliberate)."""
+    abandoned: bool = False
 
 
 @attrs.frozen
@@ -64,6 +66,9 @@ class Overview:
     hours: tuple[HourBucket, ...]
     """`HOURS` buckets, index i = `hours_ago` i."""
     oldest_waiting: WaitingTask | None
+    """The task waiting longest in a queue that is not paused."""
+    oldest_paused: WaitingTask | None
+    """The task waiting longest in a paused queue (a deliberate wait, shown apart)."""
     missing_queues: tuple[str, ...]
     """Flows whose queue table is missing (their waiting tasks cannot be seen)."""
 
@@ -182,9 +187,11 @@ async def overview(con: RawConnection, *, stale_after: float) -> Overview:
     hours = tuple(found.get(i, HourBucket(i)) for i in range(HOURS))
     queues = await _queues_with_tables(con)
     present = [q for q in queues if q.has_table]
-    waiting = await _oldest_waiting(con, present) if present else None
-    missing = tuple(q.slug for q in queues if not q.has_table)
-    return Overview(head["now"], head["live_workers"], head["running"], hours, waiting, missing)
+    waiting, with_table = await _oldest_waiting(con, present) if present else ({}, [])
+    missing = tuple(q.slug for q in queues if q.slug not in with_table)
+    return Overview(
+        head["now"], head["live_workers"], head["running"], hours, waiting.get(False), waiting.get(True), missing
+    )
 
 
 @attrs.frozen
@@ -216,34 +223,70 @@ _WAITING_PER_QUEUE = 20
 """Visible messages looked at per queue: a visible message whose task is no longer queued is skipped."""
 
 
-async def _oldest_waiting(con: RawConnection, queues: Sequence[_Queue]) -> WaitingTask | None:
-    """The queued task whose message has been visible the longest, over every queue, in one statement (each
-    queue's visible messages come from its `vt` index, oldest first)."""
-    parts = [
-        f"(SELECT ${i + 1}::text AS flow_slug, m.msg_id, m.vt FROM {queue_table(q.slug)} m "
-        f"WHERE m.vt <= now() ORDER BY m.vt LIMIT {_WAITING_PER_QUEUE})"
-        for i, q in enumerate(queues)
-    ]
-    sql = f"""SELECT t.flow_slug, t.step_slug, t.run_id, t.task_index, w.vt
-              FROM ({" UNION ALL ".join(parts)}) w
-              JOIN pgflow.step_tasks t ON t.message_id = w.msg_id AND t.flow_slug = w.flow_slug
-                                      AND t.status = 'queued'
-              ORDER BY w.vt LIMIT 1"""
-    row = await _fetch_tolerating_drops(con, sql, *[q.slug for q in queues])
-    if not row:
-        return None
-    r = row[0]
-    paused = next(q.paused_at is not None for q in queues if q.slug == r["flow_slug"])
-    return WaitingTask(r["flow_slug"], r["step_slug"], r["run_id"], r["task_index"], r["vt"], paused)
+async def _oldest_waiting(con: RawConnection, queues: Sequence[_Queue]) -> tuple[dict[bool, WaitingTask], list[str]]:
+    """The task whose message has been visible the longest, among unpaused queues (key False) and among paused
+    ones (key True), over every queue in one statement (each queue's visible messages come from its `vt` index,
+    oldest first); and the queues whose tables were there. A task counts when queued, or when started but its
+    message is readable again (its worker died: it waits for another)."""
+    by_slug = {q.slug: q for q in queues}
+
+    def statement(slugs: Sequence[str]) -> str:
+        parts = [
+            f"(SELECT ${i + 1}::text AS flow_slug, ${len(slugs) + i + 1}::bool AS paused, m.msg_id, m.vt "
+            f"FROM {queue_table(slug)} m WHERE m.vt <= now() ORDER BY m.vt LIMIT {_WAITING_PER_QUEUE})"
+            for i, slug in enumerate(slugs)
+        ]
+        return f"""SELECT DISTINCT ON (w.paused) w.paused, t.flow_slug, t.step_slug, t.run_id, t.task_index, w.vt,
+                          t.status = 'started' AS abandoned
+                   FROM ({" UNION ALL ".join(parts)}) w
+                   JOIN pgflow.step_tasks t ON t.message_id = w.msg_id AND t.flow_slug = w.flow_slug
+                                           AND t.status IN ('queued', 'started')
+                   ORDER BY w.paused, w.vt"""
+
+    def arguments(slugs: Sequence[str]) -> list[object]:
+        return [*slugs, *(by_slug[slug].paused_at is not None for slug in slugs)]
+
+    rows, found = await _over_queue_tables(con, [q.slug for q in queues], statement, arguments)
+    waiting = {
+        r["paused"]: WaitingTask(
+            r["flow_slug"], r["step_slug"], r["run_id"], r["task_index"], r["vt"], r["paused"], r["abandoned"]
+        )
+        for r in rows
+    }
+    return waiting, found
 
 
-async def _fetch_tolerating_drops(con: RawConnection, sql: str, *args: object) -> list[Record]:
-    """Run a statement over queue tables; a table dropped since it was looked up yields no rows rather than an
-    error (the next refresh sees it missing)."""
+async def _over_queue_tables(
+    con: RawConnection,
+    slugs: Sequence[str],
+    statement: Callable[[Sequence[str]], str],
+    arguments: Callable[[Sequence[str]], list[object]] = list,
+) -> tuple[list[Record], list[str]]:
+    """Run a statement over the tables of the queues `slugs`, and say which were there. A table dropped since it
+    was looked up fails the whole statement: the tables are looked up again and the statement retried once over
+    those that remain, so only the really missing queue reads as missing. A second drop in between yields no rows
+    (the next refresh sees it)."""
     try:
-        return await con.fetch(sql, *args)
+        return await con.fetch(statement(slugs), *arguments(slugs)), list(slugs)
     except asyncpg.UndefinedTableError:
-        return []
+        pass
+    remaining = await _with_tables(con, slugs)
+    if not remaining:
+        return [], []
+    try:
+        return await con.fetch(statement(remaining), *arguments(remaining)), remaining
+    except asyncpg.UndefinedTableError:
+        return [], remaining
+
+
+async def _with_tables(con: RawConnection, slugs: Sequence[str]) -> list[str]:
+    """Those of `slugs` whose queue table exists now."""
+    rows = await con.fetch(
+        """SELECT s.slug FROM unnest($1::text[]) WITH ORDINALITY AS s(slug, n)
+           WHERE to_regclass(format('pgmq.%I', 'q_' || lower(s.slug))) IS NOT NULL ORDER BY s.n""",
+        list(slugs),
+    )
+    return [r["slug"] for r in rows]
 
 
 async def workers(con: RawConnection) -> WorkersView:
@@ -310,22 +353,26 @@ async def queues(con: RawConnection, *, stale_after: float) -> QueuesView:
 
 
 async def _queue_stats(con: RawConnection, slugs: Sequence[str]) -> dict[str, QueueStats]:
-    """Counts and ages of each queue, one row per queue, in one statement."""
-    parts = []
-    for i, slug in enumerate(slugs):
-        table = queue_table(slug)
-        archive = f'pgmq."a_{queue_table_name(slug)[2:]}"'
-        parts.append(
-            f"""SELECT ${i + 1}::text AS slug,
-                  (SELECT count(*) FROM (SELECT 1 FROM {table} WHERE vt <= now()
-                                         LIMIT {COUNT_CAP + 1}) v) AS visible,
-                  (SELECT count(*) FROM (SELECT 1 FROM {table} LIMIT {COUNT_CAP + 1}) t) AS total,
-                  (SELECT reltuples FROM pg_class WHERE oid = '{table}'::regclass) AS estimate,
-                  (SELECT enqueued_at FROM {table} ORDER BY msg_id LIMIT 1) AS oldest_enqueued,
-                  (SELECT vt FROM {table} WHERE vt <= now() ORDER BY vt LIMIT 1) AS oldest_visible,
-                  (SELECT reltuples FROM pg_class WHERE oid = to_regclass('{archive}')) AS archived"""
-        )
-    rows = await _fetch_tolerating_drops(con, " UNION ALL ".join(parts), *slugs)
+    """Counts and ages of each queue, one row per queue, in one statement; a queue whose table is gone has none."""
+
+    def statement(slugs: Sequence[str]) -> str:
+        parts = []
+        for i, slug in enumerate(slugs):
+            table = queue_table(slug)
+            archive = f'pgmq."a_{queue_table_name(slug)[2:]}"'
+            parts.append(
+                f"""SELECT ${i + 1}::text AS slug,
+                      (SELECT count(*) FROM (SELECT 1 FROM {table} WHERE vt <= now()
+                                             LIMIT {COUNT_CAP + 1}) v) AS visible,
+                      (SELECT count(*) FROM (SELECT 1 FROM {table} LIMIT {COUNT_CAP + 1}) t) AS total,
+                      (SELECT reltuples FROM pg_class WHERE oid = '{table}'::regclass) AS estimate,
+                      (SELECT enqueued_at FROM {table} ORDER BY msg_id LIMIT 1) AS oldest_enqueued,
+                      (SELECT vt FROM {table} WHERE vt <= now() ORDER BY vt LIMIT 1) AS oldest_visible,
+                      (SELECT reltuples FROM pg_class WHERE oid = to_regclass('{archive}')) AS archived"""
+            )
+        return " UNION ALL ".join(parts)
+
+    rows, _ = await _over_queue_tables(con, slugs, statement)
     return {r["slug"]: _stats(r) for r in rows}
 
 
@@ -354,7 +401,7 @@ async def schedules(con: RawConnection, *, runs_per_schedule: int = 5) -> Schedu
     stored = await stored_schedules(con)
     rows = await con.fetch(
         """SELECT s.name, t.tick, t.run_id,
-                  CASE WHEN c.run_id IS NOT NULL THEN 'cancelled' ELSE r.status END AS state
+                  CASE WHEN r.status = 'failed' AND c.run_id IS NOT NULL THEN 'cancelled' ELSE r.status END AS state
            FROM pgflow_trio.schedules s
            CROSS JOIN LATERAL (SELECT tick, run_id FROM pgflow_trio.cron_ticks k WHERE k.schedule_name = s.name
                                ORDER BY tick DESC LIMIT $1) t

@@ -21,7 +21,8 @@ from pgflow_trio._store._runs import _decode_cursor
 
 RUN_STATES = ("started", "completed", "failed", "cancelled")
 
-_STATE = "CASE WHEN c.run_id IS NOT NULL THEN 'cancelled' ELSE r.status END"
+_STATE = "CASE WHEN r.status = 'failed' AND c.run_id IS NOT NULL THEN 'cancelled' ELSE r.status END"
+"""A run's state as `pgflow_trio.run_state` (schema 5) gives it: cancelled only when failed with a cancellation."""
 _STATE_CONDITIONS = {
     "started": "r.status = 'started'",
     "completed": "r.status = 'completed'",
@@ -55,8 +56,9 @@ class FlowStats:
 
     @property
     def success_rate(self) -> float | None:
-        """Completed runs among the finished ones (failed and cancelled count against), or None with none."""
-        finished = self.completed + self.failed + self.cancelled
+        """Completed runs among those that completed or failed, or None with none. Cancelled runs are left out,
+        as on the overview: a cancellation is deliberate, not a failure of the flow."""
+        finished = self.completed + self.failed
         return self.completed / finished if finished else None
 
 
@@ -75,7 +77,7 @@ async def flow_stats(con: RawConnection, *, since: datetime.datetime, jobs: bool
                SELECT r.flow_slug, count(*) AS runs,
                       count(*) FILTER (WHERE r.status = 'completed') AS completed,
                       count(*) FILTER (WHERE r.status = 'failed' AND c.run_id IS NULL) AS failed,
-                      count(c.run_id) AS cancelled,
+                      count(*) FILTER (WHERE r.status = 'failed' AND c.run_id IS NOT NULL) AS cancelled,
                       extract(epoch FROM avg(r.completed_at - r.started_at))::float8 AS avg_duration
                FROM pgflow.runs r LEFT JOIN pgflow_trio.run_cancellations c ON c.run_id = r.run_id
                WHERE r.started_at >= $1 AND r.flow_slug IN (SELECT flow_slug FROM shape WHERE is_job = $3)
@@ -246,16 +248,74 @@ async def runs_page(
 # ---- one run ----------------------------------------------------------------------------------------------------
 @attrs.frozen
 class JsonHead:
-    """The start of a JSON value's text, at most `cap` characters; `truncated` when the value is longer."""
+    """A JSON value as the page shows it: pretty-printed by PostgreSQL when the value's text fits in `cap`
+    characters (numbers exactly as stored: no float round trip), else the raw start of its text, at most `cap`
+    characters, with `truncated` set."""
 
     text: str
     truncated: bool
 
 
-def _head(text: str | None, cap: int) -> JsonHead | None:
-    if text is None:
+def _json_columns(value: str, name: str) -> str:
+    """SQL giving `<name>_raw` (the start of `value`'s text, `cap` + 1 characters: `cap` is $2) and `<name>_pretty`
+    (the value pretty-printed, only when its text fits in the cap)."""
+    return (
+        f"left({value}::text, $2 + 1) AS {name}_raw, "
+        f"CASE WHEN length({value}::text) <= $2 THEN jsonb_pretty({value}) END AS {name}_pretty"
+    )
+
+
+def _head_of(row: Record, name: str, cap: int) -> JsonHead | None:
+    pretty: str | None = row[f"{name}_pretty"]
+    if pretty is not None:
+        return JsonHead(pretty, False)
+    raw: str | None = row[f"{name}_raw"]
+    if raw is None:
         return None
-    return JsonHead(text[:cap], len(text) > cap)
+    return JsonHead(raw[:cap], len(raw) > cap)
+
+
+MAP_HEAD_FIRST_BATCH = 16
+MAP_HEAD_MAX_BATCH = 1024
+
+
+async def map_output_head(con: RawConnection, *, run_id: uuid.UUID, step_slug: str, cap: int) -> JsonHead:
+    """The head of a completed map step's output (the array of its tasks' outputs), built from its first tasks
+    only: tasks are read in index order, in batches that double, and reading stops once the text passes `cap`
+    (a map step may have tens of thousands of tasks). A whole array that fits is pretty-printed by PostgreSQL.
+    None when the step has no completed task at all (then the array is empty: `[]`)."""
+    pieces: list[str] = []
+    length = 1  # the opening bracket
+    after = -1
+    batch = MAP_HEAD_FIRST_BATCH
+    while True:
+        rows = await con.fetch(
+            """SELECT task_index, left(coalesce(output, 'null'::jsonb)::text, $4 + 1) AS text
+               FROM pgflow.step_tasks WHERE run_id = $1 AND step_slug = $2 AND task_index > $3
+               ORDER BY task_index LIMIT $5""",
+            run_id,
+            step_slug,
+            after,
+            cap - length + 1,
+            batch,
+        )
+        for r in rows:
+            piece = (", " if pieces else "") + r["text"]
+            pieces.append(piece)
+            length += len(piece)
+            if length > cap:
+                return JsonHead(("[" + "".join(pieces))[:cap], True)
+        if len(rows) < batch:
+            break
+        after = rows[-1]["task_index"]
+        batch = min(2 * batch, MAP_HEAD_MAX_BATCH)
+    pretty: str = await con.fetchval(
+        """SELECT jsonb_pretty(coalesce(jsonb_agg(coalesce(output, 'null'::jsonb) ORDER BY task_index), '[]'))
+           FROM pgflow.step_tasks WHERE run_id = $1 AND step_slug = $2""",
+        run_id,
+        step_slug,
+    )
+    return JsonHead(pretty, False)
 
 
 @attrs.frozen
@@ -311,21 +371,19 @@ class RunDetail:
     task_count: int
 
 
-_STEP_OUTPUT = """CASE
-    WHEN s.step_type = 'map' THEN CASE WHEN ss.status = 'completed' THEN
-        left(coalesce((SELECT jsonb_agg(t.output ORDER BY t.task_index) FROM pgflow.step_tasks t
-                       WHERE t.run_id = ss.run_id AND t.step_slug = ss.step_slug), '[]'::jsonb)::text, $2 + 1) END
-    ELSE (SELECT left(coalesce(t.output, 'null'::jsonb)::text, $2 + 1) FROM pgflow.step_tasks t
-          WHERE t.run_id = ss.run_id AND t.step_slug = ss.step_slug AND t.task_index = 0 AND t.status = 'completed')
-END"""
+_SINGLE_OUTPUT = """(SELECT coalesce(t.output, 'null'::jsonb) FROM pgflow.step_tasks t
+    WHERE s.step_type = 'single' AND t.run_id = ss.run_id AND t.step_slug = ss.step_slug AND t.task_index = 0
+      AND t.status = 'completed')"""
+"""A completed single step's output; a map step's is built apart (`map_output_head`)."""
 
 
 async def run_detail(con: RawConnection, *, run_id: uuid.UUID, cap: int, task_limit: int) -> RunDetail | None:
     """The run `run_id` with its steps, its first `task_limit` tasks and the heads (`cap` characters) of its input
     and outputs, or None when there is no such run."""
     run = await con.fetchrow(
-        f"""SELECT {_ROW_COLUMNS}, left(r.input::text, $2 + 1) AS input, left(r.output::text, $2 + 1) AS output,
-                   c.run_id IS NOT NULL AS cancelled, c.reason, c.cancelled_by, c.cancelled_at, l.rerun_of,
+        f"""SELECT {_ROW_COLUMNS}, {_json_columns("r.input", "input")}, {_json_columns("r.output", "output")},
+                   r.status = 'failed' AND c.run_id IS NOT NULL AS cancelled, c.reason, c.cancelled_by,
+                   c.cancelled_at, l.rerun_of,
                    ARRAY(SELECT k.run_id FROM pgflow_trio.run_links k WHERE k.rerun_of = r.run_id
                          ORDER BY k.run_id LIMIT 20) AS reruns,
                    (SELECT count(*) FROM pgflow.step_tasks t WHERE t.run_id = r.run_id) AS task_count
@@ -338,8 +396,9 @@ async def run_detail(con: RawConnection, *, run_id: uuid.UUID, cap: int, task_li
     steps = await con.fetch(
         f"""SELECT ss.step_slug, s.step_type, ss.status, ss.initial_tasks, ss.remaining_tasks, ss.started_at,
                    coalesce(ss.completed_at, ss.failed_at) AS finished_at, ss.error_message,
-                   {_STEP_OUTPUT} AS output
+                   {_json_columns("o.output", "output")}
             FROM pgflow.step_states ss JOIN pgflow.steps s USING (flow_slug, step_slug)
+            LEFT JOIN LATERAL (SELECT {_SINGLE_OUTPUT} AS output) o ON TRUE
             WHERE ss.run_id = $1 ORDER BY s.step_index""",
         run_id,
         cap,
@@ -353,8 +412,12 @@ async def run_detail(con: RawConnection, *, run_id: uuid.UUID, cap: int, task_li
         run_id,
         task_limit,
     )
-    input_head = _head(run["input"], cap)
+    input_head = _head_of(run, "input", cap)
     assert input_head is not None
+    outputs = {s["step_slug"]: _head_of(s, "output", cap) for s in steps}
+    for s in steps:
+        if s["step_type"] == "map" and s["status"] == "completed":
+            outputs[s["step_slug"]] = await map_output_head(con, run_id=run_id, step_slug=s["step_slug"], cap=cap)
     return RunDetail(
         run_id=run["run_id"],
         flow_slug=run["flow_slug"],
@@ -363,7 +426,7 @@ async def run_detail(con: RawConnection, *, run_id: uuid.UUID, cap: int, task_li
         finished_at=run["finished_at"],
         remaining_steps=run["remaining_steps"],
         input=input_head,
-        output=_head(run["output"], cap),
+        output=_head_of(run, "output", cap),
         cancellation=Cancellation(run["run_id"], run["reason"], run["cancelled_by"], run["cancelled_at"])
         if run["cancelled"]
         else None,
@@ -380,7 +443,7 @@ async def run_detail(con: RawConnection, *, run_id: uuid.UUID, cap: int, task_li
                 s["started_at"],
                 s["finished_at"],
                 s["error_message"],
-                _head(s["output"], cap),
+                outputs[s["step_slug"]],
             )
             for s in steps
         ),
