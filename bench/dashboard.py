@@ -6,7 +6,7 @@ Builds a fresh database with `--runs` runs spread over 30 days (half of a three-
 with 40 tasks per run, the rest of a job: about ten tasks per run, 1,020,000 for 100,000 runs), written straight
 into pgflow's tables with INSERT ... SELECT generate_series (a few runs started, one in 50 failed, one in 200
 cancelled), then times each page through httpx's ASGI transport in this process: what the server spends on the
-request (queries and rendering), no network. Pages another module has not written yet answer 404: reported as is.
+request (queries and rendering), no network. A page that does not answer 200 stops the benchmark.
 """
 
 from __future__ import annotations
@@ -172,7 +172,7 @@ async def main(dsn: str | None, runs: int, requests: int) -> None:
         }
         async with open_engine(url) as engine:
             transport = httpx.ASGITransport(app=create_app(engine))
-            async with httpx.AsyncClient(transport=transport, base_url="http://bench") as client:
+            async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
                 paths = await sample_paths(client, ids)
                 print(f"server-side time per page, {requests} requests each (ms)")
                 print(f"  {'page':70} {'status':>6} {'p50':>7} {'p95':>7} {'max':>7}")
@@ -186,6 +186,8 @@ async def main(dsn: str | None, runs: int, requests: int) -> None:
                         response = await client.get(path)
                         samples.append((time.perf_counter() - start) * 1000)
                         statuses.add(response.status_code)
+                    if statuses != {200}:
+                        raise SystemExit(f"{path} answered {sorted(statuses)}, not 200")
                     shown = path if len(path) <= 70 else path[:67] + "..."
                     print(
                         f"  {shown:70} {','.join(map(str, sorted(statuses))):>6} {statistics.median(samples):7.1f} "
