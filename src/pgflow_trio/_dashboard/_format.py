@@ -47,6 +47,13 @@ def timestamp(value: datetime.datetime | None) -> str:
     return value.astimezone(datetime.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
+def clock(value: datetime.datetime | None) -> str:
+    """The time of day in UTC to the millisecond, `08:26:28.412`: tasks of one run differ by less than a second."""
+    if value is None:
+        return "—"
+    return value.astimezone(datetime.UTC).strftime("%H:%M:%S.%f")[:-3]
+
+
 def short_id(value: uuid.UUID | str | None) -> str:
     """The first 8 characters of an id, enough to tell runs apart on a page."""
     return "—" if value is None else str(value)[:8]
@@ -74,6 +81,7 @@ def install(env: jinja2.Environment) -> None:
         ago=ago,
         duration=duration,
         timestamp=timestamp,
+        clock=clock,
         short_id=short_id,
         number=number,
         percent=percent,
