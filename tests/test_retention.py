@@ -451,7 +451,11 @@ async def test_one_pruner_leads_and_another_takes_over(dsn: str, caplog: pytest.
 
             await eventually(one_leader)
             await eventually(lambda: _gone(engine, old.run_id))
-            assert any("pruner: deleted 1 runs, 1 step states, 1 tasks" in r.getMessage() for r in caplog.records)
+
+            async def logged() -> bool:  # the pruner logs once its transaction committed: maybe after we saw it
+                return any("pruner: deleted 1 runs, 1 step states, 1 tasks" in r.getMessage() for r in caplog.records)
+
+            await eventually(logged)
             # connection lost: the leader's session is killed; a pruner leads again
             killed = await engine.db.fetchval(
                 "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted "
